@@ -1,0 +1,290 @@
+//! Weave's HTTP API, served on TCP (`--http-addr`) and on the unix socket (`--socket`).
+//!
+//! Routes and response formats follow Weave Net 2.8 so that its tooling keeps working:
+//! addresses come back as text (`10.32.0.5/12`), `/status*` as text, `/report` and `/ip` as JSON.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{Path, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ipnet::Ipv4Net;
+use weft_ipam::Error as IpamError;
+
+use super::{prepare_socket_path, report, State, EXPOSE_ID};
+
+type Shared = Arc<State>;
+
+pub fn routes(state: Shared) -> Router {
+    Router::new()
+        .route("/ip", get(list_owned))
+        .route("/ip/{id}", post(allocate_default).delete(release).get(lookup))
+        .route("/ip/{id}/{ip}", axum::routing::delete(release_one))
+        .route(
+            "/ip/{id}/{ip}/{prefixlen}",
+            post(allocate_in_subnet).put(claim),
+        )
+        .route("/expose/{ip}/{prefixlen}", post(expose))
+        .route("/ipinfo/defaultsubnet", get(default_subnet))
+        .route("/status", get(status))
+        .route("/status/{what}", get(status_part))
+        .route("/report", get(report_json))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the API until SIGTERM or SIGINT, then removes the socket.
+pub async fn serve(state: Shared) -> anyhow::Result<()> {
+    let app = routes(state.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    prepare_socket_path(&state.cfg.socket)?;
+    let unix = tokio::net::UnixListener::bind(&state.cfg.socket)
+        .with_context(|| format!("binding the API socket {}", state.cfg.socket.display()))?;
+    std::fs::set_permissions(&state.cfg.socket, std::fs::Permissions::from_mode(0o600))
+        .context("restricting the API socket to mode 0600")?;
+    tasks.spawn(serve_on(unix, app.clone()));
+
+    if let Some(addr) = state.cfg.http_addr {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP API on {addr} (is another router running?)"))?;
+        tasks.spawn(serve_on(tcp, app.clone()));
+    }
+    if let Some(addr) = state.cfg.metrics_addr {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        let metrics_app = Router::new().route("/metrics", get(metrics)).with_state(state.clone());
+        tasks.spawn(serve_on(tcp, metrics_app));
+    }
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(socket = %state.cfg.socket.display(), http = ?state.cfg.http_addr, "router ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("an API server task failed: {e}")),
+        },
+    };
+    tracing::info!("router stopping");
+    let _ = std::fs::remove_file(&state.cfg.socket);
+    result
+}
+
+async fn serve_on<L>(listener: L, app: Router) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app).await.context("serving the HTTP API")
+}
+
+/// An API error: a status code and a plain-text message, as Weave answers.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+impl From<IpamError> for ApiError {
+    fn from(e: IpamError) -> Self {
+        let code = match &e {
+            IpamError::NoAddresses(_) => StatusCode::NOT_FOUND,
+            IpamError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IpamError::Exhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn not_ready() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "IPAM is not ready yet; try again shortly".into(),
+    )
+}
+
+fn parse_cidr(ip: &str, prefixlen: &str) -> Result<Ipv4Net, ApiError> {
+    let addr: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid IP address {ip:?}")))?;
+    let len: u8 = prefixlen
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid prefix length {prefixlen:?}")))?;
+    Ipv4Net::new(addr, len)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid prefix length {prefixlen:?}")))
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 1024 || id.chars().any(|c| c.is_control()) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("invalid ID {id:?}")));
+    }
+    Ok(())
+}
+
+/// Runs an allocator operation off the async workers (each mutation commits to disk).
+async fn with_alloc<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&mut weft_ipam::local::LocalAllocator) -> Result<T, IpamError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if !state.is_ready() {
+        return Err(not_ready());
+    }
+    let st = state.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut a = st.alloc();
+        let r = f(&mut a);
+        st.metrics.observe_ipam(&a);
+        r
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("allocator task failed: {e}")))?;
+    out.map_err(ApiError::from)
+}
+
+async fn allocate_default(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
+    check_id(&id)?;
+    let is_container = id != EXPOSE_ID;
+    let net = with_alloc(&st, move |a| a.allocate(&id, None, is_container)).await?;
+    Ok(net.to_string())
+}
+
+async fn allocate_in_subnet(
+    AxState(st): AxState<Shared>,
+    Path((id, ip, prefixlen)): Path<(String, String, String)>,
+) -> Result<String, ApiError> {
+    check_id(&id)?;
+    let subnet = parse_cidr(&ip, &prefixlen)?.trunc();
+    let is_container = id != EXPOSE_ID;
+    let net = with_alloc(&st, move |a| a.allocate(&id, Some(subnet), is_container)).await?;
+    Ok(net.to_string())
+}
+
+async fn claim(
+    AxState(st): AxState<Shared>,
+    Path((id, ip, prefixlen)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    let net = parse_cidr(&ip, &prefixlen)?;
+    let is_container = id != EXPOSE_ID;
+    with_alloc(&st, move |a| a.claim(&id, net, is_container)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn release(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    with_alloc(&st, move |a| a.release(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn release_one(
+    AxState(st): AxState<Shared>,
+    Path((id, ip)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    let addr: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid IP address {ip:?}")))?;
+    with_alloc(&st, move |a| a.release_addr(&id, addr)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn lookup(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
+    check_id(&id)?;
+    let addrs = with_alloc(&st, move |a| Ok(a.lookup(&id))).await?;
+    if addrs.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no addresses for this ID".into()));
+    }
+    Ok(addrs.iter().map(|a| format!("{a}\n")).collect())
+}
+
+async fn list_owned(AxState(st): AxState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let owned = with_alloc(&st, |a| Ok(a.owned())).await?;
+    let list: Vec<_> = owned
+        .into_iter()
+        .map(|o| {
+            serde_json::json!({
+                "containerid": o.id,
+                "addrs": o.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "is_container": o.is_container,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "owned": list })))
+}
+
+async fn expose(
+    AxState(st): AxState<Shared>,
+    Path((ip, prefixlen)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let net = parse_cidr(&ip, &prefixlen)?;
+    let index = st.bridge_index;
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut nl = weft_dataplane::netlink::Netlink::open().map_err(|e| e.to_string())?;
+        match nl.add_address(index, net) {
+            Ok(()) | Err(weft_dataplane::Error::Exists(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("adding {net} to the bridge: {e}")))?;
+    Ok(StatusCode::OK)
+}
+
+async fn default_subnet(AxState(st): AxState<Shared>) -> String {
+    st.cfg.default_subnet.to_string()
+}
+
+async fn status(AxState(st): AxState<Shared>) -> Response {
+    if !st.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    report::status_text(&st).into_response()
+}
+
+async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> Response {
+    if !st.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    match report::status_part(&st, &what) {
+        Some(text) => text.into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("unknown status {what:?}: use peers, connections, targets or ipam\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn report_json(AxState(st): AxState<Shared>) -> Json<serde_json::Value> {
+    Json(report::report(&st))
+}
+
+async fn metrics(AxState(st): AxState<Shared>) -> Response {
+    {
+        let a = st.alloc();
+        st.metrics.observe_ipam(&a);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("static header"),
+    );
+    (headers, st.metrics.encode()).into_response()
+}
