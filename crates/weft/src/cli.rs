@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{client, lab, router, setup_cni};
 
 #[derive(Parser, Debug)]
-#[command(name = "weft", version, about = "Weft: a Weave-compatible Kubernetes overlay network")]
+#[command(
+    name = "weft",
+    version,
+    about = "Weft: a Weave-compatible Kubernetes overlay network"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

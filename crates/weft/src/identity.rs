@@ -51,7 +51,12 @@ fn name_file(db_path: &Path) -> PathBuf {
 
 /// The machine's stable IDs, concatenated as Weave does (machine-id then product UUID).
 fn system_ids() -> Option<Vec<u8>> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
     let machine_id = read("/etc/machine-id").or_else(|| read("/var/lib/dbus/machine-id"));
     let product = read("/sys/class/dmi/id/product_uuid").or_else(|| read("/sys/hypervisor/uuid"));
     match (machine_id, product) {
@@ -67,9 +72,9 @@ fn choose_name(
     system_ids: &Option<Vec<u8>>,
 ) -> anyhow::Result<(PeerName, &'static str)> {
     if let Some(f) = flag.filter(|f| !f.is_empty()) {
-        let name: PeerName = f
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--name {f:?} is not a peer name (a MAC like 02:00:00:00:00:01): {e}"))?;
+        let name: PeerName = f.parse().map_err(|e| {
+            anyhow::anyhow!("--name {f:?} is not a peer name (a MAC like 02:00:00:00:00:01): {e}")
+        })?;
         return Ok((name, "--name"));
     }
     if let Some(mac) = bridge_mac.filter(|m| m.iter().any(|b| *b != 0)) {
@@ -101,10 +106,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("weft-data.db");
         let ids = Some(b"0123456789abcdef".to_vec());
-        let (n, s) = choose_name(Some("02:00:00:00:00:07"), Some([2, 1, 1, 1, 1, 1]), &db, &ids).unwrap();
+        let (n, s) = choose_name(
+            Some("02:00:00:00:00:07"),
+            Some([2, 1, 1, 1, 1, 1]),
+            &db,
+            &ids,
+        )
+        .unwrap();
         assert_eq!((n.to_string().as_str(), s), ("02:00:00:00:00:07", "--name"));
         let (n, s) = choose_name(None, Some([2, 1, 1, 1, 1, 1]), &db, &ids).unwrap();
-        assert_eq!((n.to_string().as_str(), s), ("02:01:01:01:01:01", "bridge MAC"));
+        assert_eq!(
+            (n.to_string().as_str(), s),
+            ("02:01:01:01:01:01", "bridge MAC")
+        );
         let (n, s) = choose_name(None, None, &db, &ids).unwrap();
         assert_eq!(s, "machine id");
         assert_eq!(n, PeerName::from_mac(mac_from_uuid(b"0123456789abcdef")));
@@ -119,6 +133,10 @@ mod tests {
         let (second, s2) = choose_name(None, None, &db, &None).unwrap();
         assert_eq!((s1, s2), ("random", "persisted"));
         assert_eq!(first, second);
-        assert_eq!(first.to_name_bytes()[0] & 0x03, 0x02, "locally administered unicast");
+        assert_eq!(
+            first.to_name_bytes()[0] & 0x03,
+            0x02,
+            "locally administered unicast"
+        );
     }
 }

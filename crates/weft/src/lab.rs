@@ -29,6 +29,9 @@ pub struct LabArgs {
     /// Keep the work directory after teardown (for reading router logs).
     #[arg(long)]
     pub keep_workdir: bool,
+    /// Remove what labs killed with SIGKILL left behind (routers, namespaces, work dirs), then exit.
+    #[arg(long)]
+    pub cleanup: bool,
     /// Extra arguments for every router, e.g. `--router-arg=--log-level=debug`.
     #[arg(long = "router-arg", allow_hyphen_values = true)]
     pub router_args: Vec<String>,
@@ -37,6 +40,12 @@ pub struct LabArgs {
 pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("weft lab creates network namespaces and must run as root (try sudo)");
+    }
+    if args.cleanup {
+        for removed in weft_lab::cleanup_stale(args.base_dir.as_deref())? {
+            println!("removed stale lab {removed}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let cfg = weft_lab::LabConfig {
         hosts: args.hosts,

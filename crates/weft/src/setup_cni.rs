@@ -48,7 +48,11 @@ pub fn conflist(hairpin: bool) -> String {
 pub fn run(args: &SetupCniArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the weft binary")?;
     let installed = install_binary(&exe, &args.bin_dir)?;
-    println!("installed {} -> {}", args.bin_dir.join(CNI_PLUGIN_NAME).display(), installed.display());
+    println!(
+        "installed {} -> {}",
+        args.bin_dir.join(CNI_PLUGIN_NAME).display(),
+        installed.display()
+    );
     match write_conflist(&args.conf_dir, args.hairpin_mode, !args.keep_weave_config)? {
         ConfOutcome::Written(p) => println!("wrote {}", p.display()),
         ConfOutcome::Kept(p) => println!("kept existing {} (not overwritten)", p.display()),
@@ -63,12 +67,14 @@ pub fn install_binary(exe: &Path, bin_dir: &Path) -> anyhow::Result<PathBuf> {
     let name = format!("weft-plugin-{}", env!("CARGO_PKG_VERSION"));
     let target = bin_dir.join(&name);
     let tmp = bin_dir.join(format!(".{name}.tmp{}", std::process::id()));
-    fs::copy(exe, &tmp).with_context(|| format!("copying {} to {}", exe.display(), tmp.display()))?;
+    fs::copy(exe, &tmp)
+        .with_context(|| format!("copying {} to {}", exe.display(), tmp.display()))?;
     fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
     let link = bin_dir.join(CNI_PLUGIN_NAME);
     let tmp_link = bin_dir.join(format!(".{CNI_PLUGIN_NAME}.tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp_link);
-    std::os::unix::fs::symlink(&name, &tmp_link).with_context(|| format!("creating {}", tmp_link.display()))?;
+    std::os::unix::fs::symlink(&name, &tmp_link)
+        .with_context(|| format!("creating {}", tmp_link.display()))?;
     fs::rename(&tmp_link, &link).with_context(|| format!("installing {}", link.display()))?;
     Ok(target)
 }
@@ -79,7 +85,11 @@ pub enum ConfOutcome {
     Kept(PathBuf),
 }
 
-pub fn write_conflist(conf_dir: &Path, hairpin: bool, move_weave_aside: bool) -> anyhow::Result<ConfOutcome> {
+pub fn write_conflist(
+    conf_dir: &Path,
+    hairpin: bool,
+    move_weave_aside: bool,
+) -> anyhow::Result<ConfOutcome> {
     fs::create_dir_all(conf_dir).with_context(|| format!("creating {}", conf_dir.display()))?;
     let weave = conf_dir.join(WEAVE_CONFLIST_NAME);
     if move_weave_aside && weave.exists() {
@@ -129,10 +139,16 @@ mod tests {
     #[test]
     fn never_overwrites_an_edited_conflist() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(write_conflist(dir.path(), true, true).unwrap(), ConfOutcome::Written(_)));
+        assert!(matches!(
+            write_conflist(dir.path(), true, true).unwrap(),
+            ConfOutcome::Written(_)
+        ));
         let path = dir.path().join(CONFLIST_NAME);
         fs::write(&path, "{\"edited\":true}").unwrap();
-        assert!(matches!(write_conflist(dir.path(), true, true).unwrap(), ConfOutcome::Kept(_)));
+        assert!(matches!(
+            write_conflist(dir.path(), true, true).unwrap(),
+            ConfOutcome::Kept(_)
+        ));
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"edited\":true}");
     }
 
@@ -142,7 +158,10 @@ mod tests {
         fs::write(dir.path().join(WEAVE_CONFLIST_NAME), "{}").unwrap();
         write_conflist(dir.path(), true, true).unwrap();
         assert!(!dir.path().join(WEAVE_CONFLIST_NAME).exists());
-        assert!(dir.path().join("10-weave.conflist.replaced-by-weft").exists());
+        assert!(dir
+            .path()
+            .join("10-weave.conflist.replaced-by-weft")
+            .exists());
         fs::write(dir.path().join(WEAVE_CONFLIST_NAME), "{}").unwrap();
         write_conflist(dir.path(), true, false).unwrap();
         assert!(dir.path().join(WEAVE_CONFLIST_NAME).exists());

@@ -24,7 +24,10 @@ type Shared = Arc<State>;
 pub fn routes(state: Shared) -> Router {
     Router::new()
         .route("/ip", get(list_owned))
-        .route("/ip/{id}", post(allocate_default).delete(release).get(lookup))
+        .route(
+            "/ip/{id}",
+            post(allocate_default).delete(release).get(lookup),
+        )
         .route("/ip/{id}/{ip}", axum::routing::delete(release_one))
         .route(
             "/ip/{id}/{ip}/{prefixlen}",
@@ -52,16 +55,18 @@ pub async fn serve(state: Shared) -> anyhow::Result<()> {
     tasks.spawn(serve_on(unix, app.clone()));
 
     if let Some(addr) = state.cfg.http_addr {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the HTTP API on {addr} (is another router running?)"))?;
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the HTTP API on {addr} (is another router running?)")
+        })?;
         tasks.spawn(serve_on(tcp, app.clone()));
     }
     if let Some(addr) = state.cfg.metrics_addr {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
-        let metrics_app = Router::new().route("/metrics", get(metrics)).with_state(state.clone());
+        let metrics_app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(state.clone());
         tasks.spawn(serve_on(tcp, metrics_app));
     }
 
@@ -88,7 +93,9 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, app).await.context("serving the HTTP API")
+    axum::serve(listener, app)
+        .await
+        .context("serving the HTTP API")
 }
 
 /// An API error: a status code and a plain-text message, as Weave answers.
@@ -120,19 +127,32 @@ fn not_ready() -> ApiError {
 }
 
 fn parse_cidr(ip: &str, prefixlen: &str) -> Result<Ipv4Net, ApiError> {
-    let addr: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid IP address {ip:?}")))?;
-    let len: u8 = prefixlen
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid prefix length {prefixlen:?}")))?;
-    Ipv4Net::new(addr, len)
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid prefix length {prefixlen:?}")))
+    let addr: Ipv4Addr = ip.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid IP address {ip:?}"),
+        )
+    })?;
+    let len: u8 = prefixlen.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid prefix length {prefixlen:?}"),
+        )
+    })?;
+    Ipv4Net::new(addr, len).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid prefix length {prefixlen:?}"),
+        )
+    })
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > 1024 || id.chars().any(|c| c.is_control()) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("invalid ID {id:?}")));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid ID {id:?}"),
+        ));
     }
     Ok(())
 }
@@ -153,11 +173,19 @@ async fn with_alloc<T: Send + 'static>(
         r
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("allocator task failed: {e}")))?;
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("allocator task failed: {e}"),
+        )
+    })?;
     out.map_err(ApiError::from)
 }
 
-async fn allocate_default(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
+async fn allocate_default(
+    AxState(st): AxState<Shared>,
+    Path(id): Path<String>,
+) -> Result<String, ApiError> {
     check_id(&id)?;
     let is_container = id != EXPOSE_ID;
     let net = with_alloc(&st, move |a| a.allocate(&id, None, is_container)).await?;
@@ -186,7 +214,10 @@ async fn claim(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn release(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn release(
+    AxState(st): AxState<Shared>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
     with_alloc(&st, move |a| a.release(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -197,9 +228,12 @@ async fn release_one(
     Path((id, ip)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
-    let addr: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("invalid IP address {ip:?}")))?;
+    let addr: Ipv4Addr = ip.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid IP address {ip:?}"),
+        )
+    })?;
     with_alloc(&st, move |a| a.release_addr(&id, addr)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -208,7 +242,10 @@ async fn lookup(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<
     check_id(&id)?;
     let addrs = with_alloc(&st, move |a| Ok(a.lookup(&id))).await?;
     if addrs.is_empty() {
-        return Err(ApiError(StatusCode::NOT_FOUND, "no addresses for this ID".into()));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no addresses for this ID".into(),
+        ));
     }
     Ok(addrs.iter().map(|a| format!("{a}\n")).collect())
 }
@@ -243,7 +280,12 @@ async fn expose(
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("adding {net} to the bridge: {e}")))?;
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("adding {net} to the bridge: {e}"),
+        )
+    })?;
     Ok(StatusCode::OK)
 }
 
@@ -284,7 +326,9 @@ async fn metrics(AxState(st): AxState<Shared>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("static header"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            .parse()
+            .expect("static header"),
     );
     (headers, st.metrics.encode()).into_response()
 }

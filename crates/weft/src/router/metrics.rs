@@ -27,12 +27,18 @@ impl Metrics {
         let max_ips = Gauge::<u64, AtomicU64>::default();
         registry.register("weave_ips", "Number of IP addresses", ips.clone());
         registry.register("weave_max_ips", "Size of the IP range", max_ips.clone());
-        Metrics { registry, ips, max_ips }
+        Metrics {
+            registry,
+            ips,
+            max_ips,
+        }
     }
 
     pub fn observe_ipam(&self, a: &LocalAllocator) {
         self.ips
-            .get_or_create(&IpsLabels { state: "local-used".into() })
+            .get_or_create(&IpsLabels {
+                state: "local-used".into(),
+            })
             .set(a.num_allocated());
         self.max_ips.set(super::range_size(a.universe()));
     }

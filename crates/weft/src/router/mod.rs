@@ -102,7 +102,10 @@ impl Config {
             bail!("--ipalloc-default-subnet {default_subnet} does not overlap --ipalloc-range {range}");
         }
         if !(68..=65535).contains(&a.mtu) {
-            bail!("MTU {} is out of range: use a value between 68 and 65535", a.mtu);
+            bail!(
+                "MTU {} is out of range: use a value between 68 and 65535",
+                a.mtu
+            );
         }
         if let Some(ip) = a.expose_ip {
             if !range.contains(&ip.addr()) {
@@ -174,7 +177,12 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the store directory {}", dir.display()))?;
     }
-    let identity = identity::resolve(args.name.as_deref(), existing_bridge_mac, &cfg.db_path, nickname)?;
+    let identity = identity::resolve(
+        args.name.as_deref(),
+        existing_bridge_mac,
+        &cfg.db_path,
+        nickname,
+    )?;
     tracing::info!(name = %identity.name, nickname = %identity.nickname, source = identity.source, "peer identity");
 
     let (mut alloc, report) = LocalAllocator::open(
@@ -238,7 +246,9 @@ fn expose_bridge(
         .collect();
     let wanted = match (cfg.expose_ip, present.first()) {
         (Some(ip), _) => {
-            alloc.claim(EXPOSE_ID, ip, false).with_context(|| format!("claiming the bridge address {ip}"))?;
+            alloc
+                .claim(EXPOSE_ID, ip, false)
+                .with_context(|| format!("claiming the bridge address {ip}"))?;
             ip
         }
         (None, Some(&have)) => {
@@ -283,7 +293,8 @@ pub fn prepare_socket_path(path: &Path) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     Ok(())
 }

@@ -21,7 +21,10 @@ pub fn status_text(st: &State) -> String {
     let rows: [(&str, String); 11] = [
         ("Version", format!("weft {}", env!("CARGO_PKG_VERSION"))),
         ("Service", "router".into()),
-        ("Protocol", format!("{PROTOCOL} {PROTOCOL_MIN}..{PROTOCOL_MAX}")),
+        (
+            "Protocol",
+            format!("{PROTOCOL} {PROTOCOL_MIN}..{PROTOCOL_MAX}"),
+        ),
         ("Name", peer_label(st)),
         ("Encryption", "disabled".into()),
         ("PeerDiscovery", "enabled".into()),
@@ -54,14 +57,22 @@ pub fn status_part(st: &State, what: &str) -> Option<String> {
             st.cfg
                 .peers
                 .iter()
-                .map(|p| format!("-> {p:<21} failed      peer connections are not available in this build\n"))
+                .map(|p| {
+                    format!(
+                        "-> {p:<21} failed      peer connections are not available in this build\n"
+                    )
+                })
                 .collect(),
         ),
         "ipam" => {
             let a = st.alloc();
             let total = super::range_size(a.universe());
             let owned = total; // a single node owns the whole range
-            let pct = if total == 0 { 0.0 } else { 100.0 * owned as f64 / total as f64 };
+            let pct = if total == 0 {
+                0.0
+            } else {
+                100.0 * owned as f64 / total as f64
+            };
             Some(format!(
                 "{}  {} IPs ({:.1}% of total) ({} active)\n",
                 peer_label(st),

@@ -1,0 +1,90 @@
+//! `weft lab`: build, show, check or wait for Ctrl-C, tear down.
+use crate::lab::{Lab, LabConfig, LabReport};
+use crate::{signal, Error, Result};
+use std::time::{Duration, Instant};
+
+/// Builds the lab described by `cfg`, prints the routers' peers and IPAM status and the pod
+/// ping matrix (stdout; progress goes to stderr), then:
+/// The matrix is re-run until every pair answers or `settle_timeout` passes. Then:
+/// - with `cfg.check`: tears down, and fails with [`Error::CheckFailed`] if any pair is
+///   unreachable;
+/// - otherwise: keeps the lab up, re-running the matrix every `recheck_interval` and printing it
+///   when reachability changes, until SIGINT/SIGTERM; then tears down.
+///
+/// Teardown always happens (on error and panic too). A teardown problem is returned as
+/// [`Error::Teardown`].
+pub fn run(cfg: &LabConfig) -> Result<LabReport> {
+    let _signals = signal::install_stop_handler()?;
+    let lab = Lab::build(cfg)?;
+    println!(
+        "lab {} ({} hosts, {} pods)",
+        lab.id(),
+        lab.host_count(),
+        lab.pods().len()
+    );
+    print!("{}", lab.status_text());
+    if cfg.progress {
+        eprintln!("[4/4] ping matrix ({} pods)", lab.pods().len());
+    }
+    let matrix = lab.settled_matrix(cfg.settle_timeout);
+    println!("{matrix}");
+    if cfg.check {
+        let report = lab.report(&matrix);
+        lab.shutdown()?;
+        if !matrix.all_ok() {
+            return Err(Error::CheckFailed {
+                failed: matrix.total() - matrix.reachable(),
+                total: matrix.total(),
+            });
+        }
+        return Ok(report);
+    }
+
+    println!(
+        "lab {} is up; work directory {}",
+        lab.id(),
+        lab.workdir().display()
+    );
+    for h in lab.hosts() {
+        println!(
+            "  {} {:<12} ip netns exec {} sh    (router socket {})",
+            h.name(),
+            h.addr().to_string(),
+            h.netns_name(),
+            h.socket().display()
+        );
+    }
+    for p in lab.pods() {
+        println!(
+            "  {:<6} {:<15} ip netns exec {} sh",
+            p.name(),
+            p.cidr().to_string(),
+            p.netns_name()
+        );
+    }
+    println!("press Ctrl-C to tear it down");
+    let mut last = matrix;
+    'outer: loop {
+        let until = Instant::now() + cfg.recheck_interval.max(Duration::from_secs(1));
+        while Instant::now() < until {
+            if signal::stop_requested() {
+                break 'outer;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let m = lab.ping_matrix();
+        if signal::stop_requested() {
+            break;
+        }
+        if !m.same_reachability(&last) {
+            println!("reachability changed:\n{m}");
+        }
+        last = m;
+    }
+    if cfg.progress {
+        eprintln!("stopping: tearing down lab {}", lab.id());
+    }
+    let report = lab.report(&last);
+    lab.shutdown()?;
+    Ok(report)
+}
