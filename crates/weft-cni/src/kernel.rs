@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use weft_dataplane::netlink::{Link, Netlink, Route};
 use weft_dataplane::netns::NetNs;
-use weft_dataplane::{arp, format_mac, sysctl};
+use weft_dataplane::{format_mac, sysctl};
 
 use crate::error::{CniError, ERR_CHECK_FAILED, ERR_IFACE_EXISTS, ERR_INVALID_NETNS, ERR_KERNEL};
 use crate::names::host_veth_candidates;
@@ -254,6 +254,10 @@ pub fn configure(
         }
         sysctl::tune_arp(&ifname)
             .map_err(|e| kerr(format!("tuning ARP sysctls of {ifname}"), e))?;
+        // With arp_notify the kernel sends a gratuitous ARP when the MAC changes (see
+        // `announce`).
+        sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
+            .map_err(|e| kerr(format!("enabling arp_notify on {ifname}"), e))?;
         for a in &addrs {
             nl.add_address(c.index, *a)
                 .map_err(|e| kerr(format!("adding {a} to {ifname}"), e))?;
@@ -288,16 +292,9 @@ pub fn configure(
             .link_by_index(c.index)
             .map_err(|e| kerr(format!("re-reading {ifname}"), e))?
             .unwrap_or(c);
-        if let (Some(mac), Some(first)) = (c.mac, addrs.first()) {
-            if let Err(e) = arp::send_gratuitous_arp(c.index, mac, first.addr()) {
-                warn(format_args!(
-                    "gratuitous ARP for {} on {ifname} failed: {e}",
-                    first.addr()
-                ));
-            }
-        }
         Ok((c, link_routes))
     })?;
+    let container = announce(nl, ns, host, container);
     let host = nl
         .link_by_index(host.index)
         .map_err(|e| kerr(format!("re-reading {}", host.name), e))?
@@ -307,6 +304,65 @@ pub fn configure(
         container,
         link_routes,
     })
+}
+
+/// How long ADD waits for the bridge to forward the new port before announcing anyway.
+const PORT_WAIT_POLLS: u32 = 500;
+const PORT_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Announces the pod's address with a gratuitous ARP, so that neighbours drop stale entries
+/// for a reused address. The bridge drops frames from a port until the kernel has processed
+/// its carrier (asynchronously, after the container end comes up), so this first waits for
+/// the host end to be forwarding. The ARP itself is sent by the kernel (`arp_notify`, set
+/// before the link came up) when the container end gets its final MAC address: no AF_PACKET
+/// socket, whose close would cost every ADD an RCU grace period. Failures only warn: the pod
+/// works without the announcement.
+fn announce(nl: &mut Netlink, ns: &NetNs, host: &Link, container: Link) -> Link {
+    let mut forwarding = false;
+    for _ in 0..PORT_WAIT_POLLS {
+        match nl.bridge_port_forwarding(host.index) {
+            Ok(true) => {
+                forwarding = true;
+                break;
+            }
+            Ok(false) => std::thread::sleep(PORT_WAIT_STEP),
+            Err(e) => {
+                warn(format_args!(
+                    "reading the bridge port state of {}: {e}",
+                    host.name
+                ));
+                break;
+            }
+        }
+    }
+    if !forwarding {
+        warn(format_args!(
+            "the bridge is not forwarding {} yet; the gratuitous ARP may be lost",
+            host.name
+        ));
+    }
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfe) | 0x02; // locally administered, unicast
+    let index = container.index;
+    let announced = in_ns(ns, "announcing the pod address", move || {
+        let mut nl =
+            Netlink::open().map_err(|e| kerr("opening netlink in the container netns", e))?;
+        nl.set_mac(index, mac)
+            .map_err(|e| kerr("setting the container MAC (gratuitous ARP)", e))?;
+        nl.link_by_index(index)
+            .map_err(|e| kerr("re-reading the container interface", e))
+    });
+    match announced {
+        Ok(Some(link)) => link,
+        Ok(None) => container,
+        Err(e) => {
+            warn(format_args!(
+                "gratuitous ARP for {}: {}",
+                container.name, e.msg
+            ));
+            container
+        }
+    }
 }
 
 /// Deletes a host link by index (rollback), ignoring "already gone".

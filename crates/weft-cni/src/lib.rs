@@ -15,7 +15,6 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod gc;
-pub mod http;
 pub mod kernel;
 pub mod names;
 pub mod plugin;
@@ -23,6 +22,7 @@ pub mod result;
 pub mod router;
 pub mod version;
 
+/// The shared unix-socket HTTP client ([`weft_http`]), re-exported for the `weft` binary's CLI.
 use std::collections::HashMap;
 use std::io::{Read, Write};
 

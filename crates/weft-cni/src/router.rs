@@ -7,8 +7,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::error::{CniError, ERR_NOT_AVAILABLE, ERR_ROUTER, ERR_TRY_AGAIN};
-use crate::http::{self, HttpError, Response};
+use weft_http::{HttpError, Response, UnixHttp};
+
+use crate::error::{CniError, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, ERR_ROUTER, ERR_TRY_AGAIN};
 
 /// How long an allocation may take (the router may wait for space from a peer).
 pub const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,9 +78,19 @@ impl Router {
     }
 
     fn call(&self, method: &str, uri: &str, timeout: Duration) -> Result<Response, CniError> {
-        match http::request(&self.socket, method, uri, b"", timeout) {
+        let client = UnixHttp::new(&self.socket)
+            .with_timeout(timeout)
+            .with_user_agent("weft-net");
+        match client.request(method, uri, None) {
             Ok(r) => Ok(r),
             Err(e) if e.is_unreachable() => Err(self.unreachable(&e)),
+            Err(e @ HttpError::InvalidRequest { .. }) => Err(CniError::new(
+                ERR_INVALID_CONFIG,
+                format!("cannot ask the weft router: {e}"),
+            )
+            .with_details(
+                "check the `socket` setting of the network configuration (or WEFT_SOCKET) and the container ID",
+            )),
             Err(e) => Err(CniError::new(
                 ERR_ROUTER,
                 format!(
@@ -94,7 +105,7 @@ impl Router {
     }
 
     fn not_ok(&self, what: &str, r: &Response) -> CniError {
-        let body = r.text();
+        let body = body_text(r);
         if r.status == 503 {
             CniError::try_again(format!(
                 "the weft router at {} is not ready ({what}: 503 {body})",
@@ -125,7 +136,7 @@ impl Router {
                 .not_ok(&format!("allocating an address for {id}"), &r)
                 .context("unable to allocate IP address"));
         }
-        let text = r.text();
+        let text = body_text(&r);
         let first = text.split_whitespace().next().unwrap_or("");
         first.parse::<Ipv4Net>().map_err(|_| {
             CniError::new(
@@ -182,11 +193,16 @@ impl Router {
                 "weft router at {} is not ready: {} {}",
                 self.socket.display(),
                 r.status,
-                r.text()
+                body_text(&r)
             )
         };
         Err(CniError::new(ERR_NOT_AVAILABLE, msg).with_details(WHAT_TO_DO))
     }
+}
+
+/// The body as trimmed text, for messages.
+fn body_text(r: &Response) -> String {
+    r.text().trim().to_string()
 }
 
 /// Parses one `addrs` entry (`10.32.0.5/12`, or a bare address).
@@ -314,6 +330,17 @@ mod tests {
         let e = r.status().unwrap_err();
         assert_eq!(e.code, 50);
         assert!(e.msg.contains("not reachable"));
+    }
+
+    #[test]
+    fn unusable_request_is_a_config_error_not_try_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Router::new(dir.path().join("s".repeat(200)));
+        let e = r.allocate("c1", None).unwrap_err();
+        assert_eq!(e.code, ERR_INVALID_CONFIG, "{e}");
+        assert!(e.msg.contains("107 bytes"), "{e}");
+        let r = Router::new(dir.path().join("r.sock"));
+        assert_eq!(r.release("bad id").unwrap_err().code, ERR_INVALID_CONFIG);
     }
 
     #[test]

@@ -970,3 +970,82 @@ fn del_never_touches_the_plugins_own_netns() {
         "the address is still released"
     );
 }
+
+/// Opens an AF_PACKET socket receiving ARP frames on `ifindex` (in the calling thread's netns).
+fn arp_listener(ifindex: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: plain socket calls with a zeroed, fully initialised sockaddr_ll.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        );
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            fd,
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn add_announces_the_pod_with_a_gratuitous_arp() {
+    use std::os::fd::AsRawFd;
+    let w = World::new();
+    let pod = w.pod();
+    let netns = netns_path(&pod);
+    let bridge = w.bridge();
+    let listener = w.host_ns().run(|| Ok(arp_listener(bridge.index))).unwrap();
+    let r = w
+        .plugin(
+            "ADD",
+            "garp0123456789",
+            Some(&netns),
+            "eth0",
+            &w.conf("1.0.0"),
+        )
+        .ok();
+    let addr: ipnet::Ipv4Net = r["ips"][0]["address"].as_str().unwrap().parse().unwrap();
+    let ip = addr.addr().octets();
+    let mut seen = Vec::new();
+    // Bounded: 25 reads of at most 200 ms each.
+    for _ in 0..25 {
+        let mut buf = [0u8; 128];
+        // SAFETY: reading into a local buffer of the stated length.
+        let n = unsafe { libc::recv(listener.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 42 {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        // Ethernet (14) + ARP: sender IP at 28..32, target IP at 38..42.
+        seen.push(format!("{:?}", &f[12..42]));
+        if f[12..14] == [0x08, 0x06] && f[28..32] == ip && f[38..42] == ip {
+            return;
+        }
+    }
+    panic!("no gratuitous ARP for {addr} seen on the bridge; frames: {seen:?}");
+}

@@ -13,8 +13,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage, LinkProtoInfoBridge,
+    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -597,26 +597,47 @@ impl Netlink {
 
     /// Whether hairpin mode is on for a bridge port. Errors if the link is not a bridge port.
     pub fn hairpin(&mut self, index: u32) -> Result<bool> {
+        self.bridge_port_attrs(index)?
+            .into_iter()
+            .find_map(|p| match p {
+                InfoBridgePort::HairpinMode(on) => Some(on),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Protocol {
+                op: format!("read hairpin of link #{index}"),
+                detail: "bridge port data without IFLA_BRPORT_MODE".into(),
+            })
+    }
+
+    /// Whether the bridge port `index` is in the forwarding state (frames it receives reach
+    /// the bridge). A new port only gets there once the kernel has processed its carrier.
+    pub fn bridge_port_forwarding(&mut self, index: u32) -> Result<bool> {
+        self.bridge_port_attrs(index)?
+            .into_iter()
+            .find_map(|p| match p {
+                InfoBridgePort::State(state) => Some(state == BridgePortState::Forwarding),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Protocol {
+                op: format!("read the port state of link #{index}"),
+                detail: "bridge port data without IFLA_BRPORT_STATE".into(),
+            })
+    }
+
+    /// The bridge-port attributes of a link (IFLA_INFO_SLAVE_DATA of a bridge port).
+    fn bridge_port_attrs(&mut self, index: u32) -> Result<Vec<InfoBridgePort>> {
         let msg = self.require_link(index)?;
-        for attr in &msg.attributes {
+        for attr in msg.attributes {
             if let LinkAttribute::LinkInfo(infos) = attr {
                 for info in infos {
                     if let LinkInfo::PortData(InfoPortData::BridgePort(port)) = info {
-                        for p in port {
-                            if let InfoBridgePort::HairpinMode(on) = p {
-                                return Ok(*on);
-                            }
-                        }
-                        return Err(Error::Protocol {
-                            op: format!("read hairpin of link #{index}"),
-                            detail: "bridge port data without IFLA_BRPORT_MODE".into(),
-                        });
+                        return Ok(port);
                     }
                 }
             }
         }
         Err(Error::InvalidArgument(format!(
-            "link #{index} is not a bridge port, so it has no hairpin setting; call set_master first"
+            "link #{index} is not a bridge port; call set_master first"
         )))
     }
 

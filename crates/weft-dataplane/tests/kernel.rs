@@ -690,3 +690,34 @@ fn ensure_bridge_pins_its_mtu_against_ports() {
     nl.delete_link(port.index).unwrap();
     assert_eq!(link(&mut nl, "weave").mtu, 1376);
 }
+
+#[test]
+fn bridge_port_forwards_once_both_veth_ends_are_up() {
+    private_netns();
+    let mut nl = Netlink::open().unwrap();
+    let br = nl.add_bridge("br0", None).unwrap();
+    nl.set_up(br.index).unwrap();
+    nl.add_veth("vfw0", "vfw1", None, None).unwrap();
+    let port = link(&mut nl, "vfw0");
+    assert!(
+        nl.bridge_port_forwarding(port.index).is_err(),
+        "not a port yet"
+    );
+    nl.set_master(port.index, Some(br.index)).unwrap();
+    nl.set_up(port.index).unwrap();
+    assert!(
+        !nl.bridge_port_forwarding(port.index).unwrap(),
+        "no carrier: disabled"
+    );
+    let peer = link(&mut nl, "vfw1");
+    nl.set_up(peer.index).unwrap();
+    // The kernel processes the carrier change asynchronously; bounded wait for it.
+    let forwarding = (0..2000).any(|_| {
+        let f = nl.bridge_port_forwarding(port.index).unwrap();
+        if !f {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        f
+    });
+    assert!(forwarding, "the port never reached the forwarding state");
+}

@@ -45,12 +45,8 @@ pub enum Error {
         msg: String,
     },
     /// An HTTP exchange with a router over its unix socket failed.
-    #[error("HTTP {request} on {}: {detail}", .socket.display())]
-    Http {
-        socket: PathBuf,
-        request: String,
-        detail: String,
-    },
+    #[error(transparent)]
+    Http(#[from] weft_http::HttpError),
     /// SIGINT/SIGTERM arrived while the lab was being built.
     #[error("interrupted by signal while {0}; the lab was torn down")]
     Interrupted(String),

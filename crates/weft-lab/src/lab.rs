@@ -2,7 +2,6 @@
 use crate::cni::{self, CniRequest};
 use crate::error::Context;
 use crate::exec::{self, terminate};
-use crate::http::UnixHttp;
 use crate::matrix::Matrix;
 use crate::ping::{ping_many, PingOptions, PingOutcome};
 use crate::{signal, Error, Result};
@@ -16,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use weft_dataplane::netlink::{Netlink, Route};
 use weft_dataplane::netns::{NamedNetNs, NetNs};
+use weft_http::UnixHttp;
 
 /// Where named network namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -579,7 +579,7 @@ impl Lab {
     }
     /// An HTTP client for host `n`'s router socket. Panics if there is no such host.
     pub fn http(&self, n: usize) -> UnixHttp {
-        UnixHttp::new(self.router_socket(n))
+        UnixHttp::new(self.router_socket(n)).with_user_agent("weft-lab")
     }
     /// PID of host `n`'s router, if one is running (as far as we know).
     pub fn router_pid(&self, n: usize) -> Option<u32> {
@@ -788,7 +788,6 @@ impl Lab {
                     r.reason,
                     r.text().lines().next().unwrap_or("")
                 ),
-                Err(Error::Http { detail, .. }) => detail,
                 Err(e) => e.to_string(),
             };
             if start.elapsed() >= timeout {
@@ -838,7 +837,7 @@ impl Lab {
     pub fn status_text(&self) -> String {
         let mut out = String::new();
         for h in self.hosts.iter().filter(|h| h.router.is_some()) {
-            let client = UnixHttp::new(h.socket());
+            let client = UnixHttp::new(h.socket()).with_user_agent("weft-lab");
             for (title, path) in [("peers", "/status/peers"), ("IPAM", "/status/ipam")] {
                 out.push_str(&format!("--- {} ({}) {title} ---\n", h.name, h.addr));
                 match client.get_text(path) {

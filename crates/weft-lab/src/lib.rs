@@ -19,7 +19,6 @@
 pub mod cni;
 mod error;
 pub mod exec;
-pub mod http;
 mod lab;
 pub mod matrix;
 pub mod ping;
@@ -28,7 +27,6 @@ pub mod signal;
 mod stale;
 
 pub use error::{Error, Result};
-pub use http::{HttpResponse, UnixHttp};
 pub use lab::{
     log_tail, netlink_in, ping_in, ping_until, Host, Lab, LabConfig, LabReport, Pod,
     DEFAULT_BASE_DIR, METRICS_ADDR, NETNS_DIR, UNDERLAY_BRIDGE,
@@ -37,3 +35,4 @@ pub use matrix::{FailedPair, Matrix};
 pub use ping::{PingOptions, PingOutcome};
 pub use run::run;
 pub use stale::cleanup_stale;
+pub use weft_http::{HttpError, Response as HttpResponse, UnixHttp};

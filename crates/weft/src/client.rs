@@ -4,38 +4,34 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use weft_cni::http;
+// The shared unix-socket client (crate `weft-http`), through weft-cni's re-export.
+use weft_http::UnixHttp;
 
 use crate::cli::ClientArgs;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn get(args: &ClientArgs, path: &str) -> anyhow::Result<http::Response> {
-    http::request(&args.socket, "GET", path, b"", TIMEOUT).with_context(|| {
-        format!(
-            "the weft router is not reachable at {} (is `weft router` running? pass --socket or set WEFT_SOCKET)",
-            args.socket.display()
-        )
+/// `GET path`, requiring a 2xx answer; the body as text.
+fn get_text(args: &ClientArgs, path: &str) -> anyhow::Result<String> {
+    let client = UnixHttp::new(&args.socket).with_timeout(TIMEOUT);
+    client.get_text(path).map_err(|e| {
+        let unreachable = e.is_unreachable();
+        let e = anyhow::Error::new(e);
+        if unreachable {
+            e.context(format!(
+                "cannot reach the weft router at {} (pass --socket or set WEFT_SOCKET if it listens elsewhere)",
+                args.socket.display()
+            ))
+        } else {
+            e
+        }
     })
-}
-
-fn ok_body(resp: http::Response, path: &str) -> anyhow::Result<String> {
-    if resp.status != 200 {
-        bail!(
-            "GET {path}: {} {}: {}",
-            resp.status,
-            resp.reason,
-            resp.text()
-        );
-    }
-    Ok(String::from_utf8_lossy(&resp.body).into_owned())
 }
 
 pub fn status(args: &ClientArgs, what: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        let report: serde_json::Value =
-            serde_json::from_str(&ok_body(get(args, "/report")?, "/report")?)
-                .context("the router's /report is not JSON")?;
+        let report: serde_json::Value = serde_json::from_str(&get_text(args, "/report")?)
+            .context("the router's /report is not JSON")?;
         let part = match what {
             None => report,
             Some("peers") => report["Router"]["Peers"].clone(),
@@ -54,12 +50,12 @@ pub fn status(args: &ClientArgs, what: Option<&str>, json: bool) -> anyhow::Resu
         Some(w @ ("peers" | "connections" | "targets" | "ipam")) => format!("/status/{w}"),
         Some(other) => bail!("unknown status {other:?}: use peers, connections, targets or ipam"),
     };
-    print!("{}", ok_body(get(args, &path)?, &path)?);
+    print!("{}", get_text(args, &path)?);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn report(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let body = ok_body(get(args, "/report")?, "/report")?;
+    let body = get_text(args, "/report")?;
     let v: serde_json::Value =
         serde_json::from_str(&body).context("the router's /report is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&v)?);

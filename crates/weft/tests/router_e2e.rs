@@ -152,7 +152,7 @@ fn status_report_and_metrics() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not reachable"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the weft router"));
 }
 
 #[test]
