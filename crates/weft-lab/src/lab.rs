@@ -662,10 +662,10 @@ impl Lab {
             a.push("--ipalloc-range".into());
             a.push(r.into());
         }
-        if let Some(p) = &self.cfg.password {
-            a.push("--password".into());
-            a.push(p.into());
-        }
+        // Every lab host shares the machine's /etc/machine-id, from which a router would derive
+        // its name: give each one its own.
+        a.push("--name".into());
+        a.push(lab_peer_name(n).into());
         a.extend(self.cfg.extra_router_args.iter().map(OsString::from));
         a.extend(extra.iter().map(OsString::from));
         for other in &self.hosts {
@@ -697,6 +697,7 @@ impl Lab {
         let args = self.router_args(n, extra)?;
         let weft_bin = self.cfg.weft_bin.clone();
         let progress = self.cfg.progress;
+        let password = self.cfg.password.clone();
         let host = self.host_mut(n)?;
         if let Some(child) = host.router.as_mut() {
             if child
@@ -735,6 +736,10 @@ impl Lab {
             .try_clone()
             .ctx(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(&weft_bin);
+        if let Some(p) = &password {
+            // Through the environment, as Weave does: not visible in the process list.
+            cmd.env("WEAVE_PASSWORD", p);
+        }
         cmd.args(&args)
             .current_dir(&host.dir)
             .stdin(Stdio::null())
@@ -1268,4 +1273,9 @@ impl Drop for Lab {
             eprintln!("weft-lab: teardown of lab {}: {p}", self.id);
         }
     }
+}
+
+/// The peer name lab host `n` runs under (unique within a lab, locally administered).
+pub fn lab_peer_name(n: usize) -> String {
+    format!("02:77:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
 }

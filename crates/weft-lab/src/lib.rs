@@ -28,7 +28,7 @@ mod stale;
 
 pub use error::{Error, Result};
 pub use lab::{
-    log_tail, netlink_in, ping_in, ping_until, Host, Lab, LabConfig, LabReport, Pod,
+    lab_peer_name, log_tail, netlink_in, ping_in, ping_until, Host, Lab, LabConfig, LabReport, Pod,
     DEFAULT_BASE_DIR, METRICS_ADDR, NETNS_DIR, UNDERLAY_BRIDGE,
 };
 pub use matrix::{FailedPair, Matrix};

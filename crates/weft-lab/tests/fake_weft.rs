@@ -81,7 +81,7 @@ fn build_ping_restart_del_and_teardown() {
     // Arguments as documented, peers last.
     let log = std::fs::read_to_string(lab.host(1).router_log()).unwrap();
     assert!(log.contains(&format!(
-        "router --nickname h1 --db-prefix {}/h1/weft- --socket {}/h1/weft.sock --metrics-addr 127.0.0.1:6782 198.18.0.2",
+        "router --nickname h1 --db-prefix {}/h1/weft- --socket {}/h1/weft.sock --metrics-addr 127.0.0.1:6782 --name 02:77:00:00:00:01 198.18.0.2",
         workdir.display(),
         workdir.display()
     )), "{log}");

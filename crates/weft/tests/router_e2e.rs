@@ -429,3 +429,83 @@ fn setup_cni_installs_a_working_plugin() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cniVersion"], "0.4.0");
 }
+
+#[test]
+fn fifty_concurrent_adds_get_fifty_addresses() {
+    let lab = lab(1, 0, None);
+    let c = conf(&lab.router_socket(1), "1.0.0");
+    let pods: Vec<weft_dataplane::netns::NamedNetNs> = (0..50)
+        .map(|i| weft_dataplane::netns::NamedNetNs::create(&format!("{}-c{i}", lab.id())).unwrap())
+        .collect();
+    let results: Vec<(i32, serde_json::Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (lab, c) = (&lab, &c);
+                s.spawn(move || {
+                    let id = format!("conc{i:02}-0123456789");
+                    let path = p.ns().path().to_str().unwrap().to_owned();
+                    plugin(
+                        lab,
+                        "ADD",
+                        c,
+                        &[
+                            ("CNI_CONTAINERID", &id),
+                            ("CNI_NETNS", &path),
+                            ("CNI_IFNAME", "eth0"),
+                        ],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs = BTreeSet::new();
+    for (code, r) in &results {
+        assert_eq!(*code, 0, "{r}");
+        addrs.insert(r["ips"][0]["address"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(addrs.len(), 50, "distinct addresses: {addrs:?}");
+    let o = owned(&lab, 1);
+    assert_eq!(o.len(), 51, "50 pods and the bridge");
+    assert_unique(&o);
+    // Every pod can reach the bridge.
+    let gw = results[0].1["ips"][0]["gateway"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for p in &pods {
+        let out = weft_lab::ping_until(p.ns(), gw, Duration::from_secs(5)).unwrap();
+        assert!(out.is_ok(), "{out:?}");
+    }
+    // DEL them all (the lab only knows its own pods).
+    for (i, p) in pods.iter().enumerate() {
+        let id = format!("conc{i:02}-0123456789");
+        let path = p.ns().path().to_str().unwrap().to_owned();
+        let (code, r) = plugin(
+            &lab,
+            "DEL",
+            &c,
+            &[
+                ("CNI_CONTAINERID", &id),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+            ],
+        );
+        assert_eq!(code, 0, "{r}");
+    }
+    assert_eq!(owned(&lab, 1).len(), 1, "only the bridge's address is left");
+}
+
+#[test]
+fn api_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = lab(1, 0, None);
+    let mode = std::fs::metadata(lab.router_socket(1))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+}

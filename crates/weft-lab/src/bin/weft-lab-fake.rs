@@ -70,7 +70,7 @@ fn router(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--fail-add" | "--fail-ready" | "--exit-early" => switches.push(a.clone()),
             "--nickname" | "--db-prefix" | "--socket" | "--metrics-addr" | "--ipalloc-range"
-            | "--password" => {
+            | "--name" => {
                 let v = it.next().ok_or(format!("{a} needs a value"))?;
                 flags.insert(a.clone(), v.clone());
             }
