@@ -8,15 +8,27 @@
 //!   free address first.
 //! - [`owned`]: which identifier (container ID, `weave:expose`, ...) holds which addresses.
 //! - [`store`]: durable persistence in a single redb file (`<db-prefix>data.db`).
-//! - [`local`]: [`LocalAllocator`], the single-node allocator combining the above. A later issue
-//!   adds the ring (ownership shared between peers, donation) on top of the same pieces.
+//! - [`local`]: [`LocalAllocator`], the single-node allocator combining the above.
+//! - [`ring`]: the shared address ring, a CRDT saying which peer owns which part of the
+//!   allocation range, merged from gossip ([`ring::Ring::merge`]).
+//! - [`paxos`]: single-value Paxos over gossip, agreeing on the peers that create the ring.
+//! - [`gossip`]: the gob wire encodings (gossip state, unicast messages, persisted values),
+//!   compatible with Weave Net 2.8.
+//! - [`allocator`]: the ring-aware allocator core (sans-IO): allocation from owned ranges,
+//!   space requests and donation, claims, the initial ring, gossip handling.
+//! - [`sim`]: a deterministic simulated network for tests and benchmarks.
 //!
 //! Everything here is synchronous; the router keeps the allocator behind a mutex.
 
 pub mod address;
+pub mod allocator;
 mod error;
+pub mod gossip;
 pub mod local;
 pub mod owned;
+pub mod paxos;
+pub mod ring;
+pub mod sim;
 pub mod space;
 pub mod store;
 
@@ -24,5 +36,6 @@ pub use address::{Address, CidrExt, Range};
 pub use error::{Error, Result};
 pub use local::{LocalAllocator, OpenReport, OwnedEntry};
 pub use owned::{Owned, OwnedData};
+pub use ring::{PeerName, Ring};
 pub use space::{Space, SpaceError};
 pub use store::{PersistedState, RingRecord, Store, StoreError, SCHEMA_VERSION};
