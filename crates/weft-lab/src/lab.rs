@@ -1143,6 +1143,26 @@ impl Lab {
                 })
                 .collect()
         });
+        let mut cells: Vec<Vec<Option<PingOutcome>>> = cells;
+        // A reply from an address that several pods hold proves nothing (a pod may be
+        // answering itself): such pairs fail, saying why.
+        for (k, a) in addrs.iter().enumerate() {
+            let holders: Vec<&str> = pods
+                .iter()
+                .zip(&addrs)
+                .filter(|(_, b)| *b == a)
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            if holders.len() > 1 {
+                for row in cells.iter_mut() {
+                    if let Some(cell) = row.get_mut(k).and_then(Option::as_mut) {
+                        *cell = PingOutcome::Failed {
+                            reason: format!("{a} is held by several pods ({})", holders.join(", ")),
+                        };
+                    }
+                }
+            }
+        }
         Matrix {
             names: pods.iter().map(|p| p.name.clone()).collect(),
             addrs,

@@ -27,6 +27,10 @@ enum Command {
     Status(StatusArgs),
     /// Print the router's full report as JSON (Weave's `weave report`).
     Report(ClientArgs),
+    /// Add peers to connect to (Weave's `weave connect`); `--replace` replaces the list.
+    Connect(ConnectArgs),
+    /// Stop connecting to peers (Weave's `weave forget`).
+    Forget(ForgetArgs),
     /// Install the CNI plugin and write the network configuration.
     SetupCni(setup_cni::SetupCniArgs),
     /// Build a local cluster in network namespaces and show pods reaching each other.
@@ -39,6 +43,26 @@ pub struct ClientArgs {
     /// The router's unix socket.
     #[arg(long, env = "WEFT_SOCKET", default_value = router::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Replace the current list of direct peers instead of adding to it.
+    #[arg(long)]
+    replace: bool,
+    /// Peers (host[:port]).
+    peers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ForgetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Peers (host[:port]).
+    #[arg(required = true)]
+    peers: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +82,8 @@ impl Cli {
             Command::Router(args) => router::run(args).map(|()| ExitCode::SUCCESS),
             Command::Status(s) => client::status(&s.client, s.what.as_deref(), s.json),
             Command::Report(c) => client::report(&c),
+            Command::Connect(a) => client::connect(&a.client, &a.peers, a.replace),
+            Command::Forget(a) => client::forget(&a.client, &a.peers),
             Command::SetupCni(args) => setup_cni::run(&args).map(|()| ExitCode::SUCCESS),
             Command::Lab(args) => lab::run(&args),
         }

@@ -1,31 +1,73 @@
-//! The CLI side of the router's API: `weft status` and `weft report` over the unix socket.
+//! The CLI side of the router's API: `weft status`, `weft report`, `weft connect` and
+//! `weft forget` over the unix socket.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-// The shared unix-socket client (crate `weft-http`), through weft-cni's re-export.
 use weft_http::UnixHttp;
 
 use crate::cli::ClientArgs;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Adds the "cannot reach the router" hint to connection failures.
+fn explain(args: &ClientArgs, e: weft_http::HttpError) -> anyhow::Error {
+    let unreachable = e.is_unreachable();
+    let e = anyhow::Error::new(e);
+    if unreachable {
+        e.context(format!(
+            "cannot reach the weft router at {} (pass --socket or set WEFT_SOCKET if it listens elsewhere)",
+            args.socket.display()
+        ))
+    } else {
+        e
+    }
+}
+
 /// `GET path`, requiring a 2xx answer; the body as text.
 fn get_text(args: &ClientArgs, path: &str) -> anyhow::Result<String> {
     let client = UnixHttp::new(&args.socket).with_timeout(TIMEOUT);
-    client.get_text(path).map_err(|e| {
-        let unreachable = e.is_unreachable();
-        let e = anyhow::Error::new(e);
-        if unreachable {
-            e.context(format!(
-                "cannot reach the weft router at {} (pass --socket or set WEFT_SOCKET if it listens elsewhere)",
-                args.socket.display()
-            ))
-        } else {
-            e
-        }
-    })
+    client.get_text(path).map_err(|e| explain(args, e))
+}
+
+/// A Weave form body: `peer=a&peer=b[&replace=true]`.
+fn peer_form(peers: &[String], replace: bool) -> String {
+    let mut parts: Vec<String> = peers
+        .iter()
+        .map(|p| {
+            format!(
+                "peer={}",
+                p.replace('%', "%25")
+                    .replace('&', "%26")
+                    .replace('+', "%2B")
+                    .replace(' ', "+")
+            )
+        })
+        .collect();
+    if replace {
+        parts.push("replace=true".into());
+    }
+    parts.join("&")
+}
+
+fn post_form(args: &ClientArgs, path: &str, body: String) -> anyhow::Result<ExitCode> {
+    let client = UnixHttp::new(&args.socket).with_timeout(TIMEOUT);
+    let resp = client
+        .post(path, "application/x-www-form-urlencoded", body.as_bytes())
+        .map_err(|e| explain(args, e))?;
+    if !(200..300).contains(&resp.status) {
+        bail!("POST {path}: {} {}", resp.status, resp.text().trim());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn connect(args: &ClientArgs, peers: &[String], replace: bool) -> anyhow::Result<ExitCode> {
+    post_form(args, "/connect", peer_form(peers, replace))
+}
+
+pub fn forget(args: &ClientArgs, peers: &[String]) -> anyhow::Result<ExitCode> {
+    post_form(args, "/forget", peer_form(peers, false))
 }
 
 pub fn status(args: &ClientArgs, what: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {

@@ -38,6 +38,8 @@ pub fn routes(state: Shared) -> Router {
         .route("/status", get(status))
         .route("/status/{what}", get(status_part))
         .route("/report", get(report_json))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -293,18 +295,28 @@ async fn default_subnet(AxState(st): AxState<Shared>) -> String {
     st.cfg.default_subnet.to_string()
 }
 
-async fn status(AxState(st): AxState<Shared>) -> Response {
+async fn mesh_status(st: &State) -> Result<weft_mesh::MeshStatus, Response> {
     if !st.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response());
     }
-    report::status_text(&st).into_response()
+    st.mesh.status().await.ok_or_else(|| {
+        (StatusCode::SERVICE_UNAVAILABLE, "the mesh is not running\n").into_response()
+    })
+}
+
+async fn status(AxState(st): AxState<Shared>) -> Response {
+    match mesh_status(&st).await {
+        Ok(m) => report::status_text(&st, &m).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> Response {
-    if !st.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
-    }
-    match report::status_part(&st, &what) {
+    let m = match mesh_status(&st).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match report::status_part(&st, &m, &what) {
         Some(text) => text.into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -314,14 +326,75 @@ async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> 
     }
 }
 
-async fn report_json(AxState(st): AxState<Shared>) -> Json<serde_json::Value> {
-    Json(report::report(&st))
+async fn report_json(AxState(st): AxState<Shared>) -> Response {
+    match mesh_status(&st).await {
+        Ok(m) => Json(report::report(&st, &m)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The `peer` values of a Weave form body (`peer=a&peer=b&replace=true`).
+fn form_peers(body: &str) -> (Vec<String>, bool) {
+    let mut peers = Vec::new();
+    let mut replace = false;
+    for pair in body.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "peer" => peers.extend(v.split_whitespace().map(str::to_owned)),
+            "replace" => replace = v == "true",
+            _ => {}
+        }
+    }
+    (peers, replace)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn connect(AxState(st): AxState<Shared>, body: String) -> Result<StatusCode, ApiError> {
+    let (peers, replace) = form_peers(&body);
+    st.mesh
+        .connect(peers, replace)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(StatusCode::OK)
+}
+
+async fn forget(AxState(st): AxState<Shared>, body: String) -> StatusCode {
+    let (peers, _) = form_peers(&body);
+    st.mesh.forget(peers);
+    StatusCode::OK
 }
 
 async fn metrics(AxState(st): AxState<Shared>) -> Response {
     {
         let a = st.alloc();
         st.metrics.observe_ipam(&a);
+    }
+    if let Some(m) = st.mesh.status().await {
+        st.metrics.observe_mesh(&m, st.mesh.encrypted);
     }
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -14,10 +14,20 @@ struct IpsLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    state: String,
+    r#type: String,
+    encryption: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     ips: Family<IpsLabels, Gauge<u64, AtomicU64>>,
     max_ips: Gauge<u64, AtomicU64>,
+    connections: Family<ConnLabels, Gauge<u64, AtomicU64>>,
+    terminations: Gauge<u64, AtomicU64>,
+    peers: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -27,10 +37,32 @@ impl Metrics {
         let max_ips = Gauge::<u64, AtomicU64>::default();
         registry.register("weave_ips", "Number of IP addresses", ips.clone());
         registry.register("weave_max_ips", "Size of the IP range", max_ips.clone());
+        let connections = Family::<ConnLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "weave_connections",
+            "Number of peer connections",
+            connections.clone(),
+        );
+        // A counter in Weave; here a gauge fed from the mesh's running total.
+        let terminations = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weave_connection_terminations",
+            "Number of peer connections terminated since start",
+            terminations.clone(),
+        );
+        let peers = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weft_peers",
+            "Number of peers in the topology",
+            peers.clone(),
+        );
         Metrics {
             registry,
             ips,
             max_ips,
+            connections,
+            terminations,
+            peers,
         }
     }
 
@@ -41,6 +73,26 @@ impl Metrics {
             })
             .set(a.num_allocated());
         self.max_ips.set(super::range_size(a.universe()));
+    }
+
+    pub fn observe_mesh(&self, m: &weft_mesh::MeshStatus, encrypted: bool) {
+        self.connections.clear();
+        for state in ["established", "pending", "retrying", "failed", "connecting"] {
+            let n = m.connections.iter().filter(|c| c.state == state).count() as u64;
+            self.connections
+                .get_or_create(&ConnLabels {
+                    state: state.into(),
+                    r#type: "tcp".into(),
+                    encryption: if encrypted {
+                        "yes".into()
+                    } else {
+                        String::new()
+                    },
+                })
+                .set(n);
+        }
+        self.terminations.set(m.termination_count);
+        self.peers.set(m.peers.len() as u64);
     }
 
     pub fn encode(&self) -> String {

@@ -5,6 +5,7 @@
 //! socket, and Prometheus metrics, until SIGTERM/SIGINT.
 
 mod api;
+mod mesh;
 mod metrics;
 mod report;
 
@@ -20,7 +21,7 @@ use weft_dataplane::bridge::{ensure_bridge, BridgeConfig};
 use weft_dataplane::netlink::Netlink;
 use weft_ipam::local::LocalAllocator;
 
-use crate::identity::{self, Identity};
+use crate::identity;
 
 pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
 /// The IPAM ID under which the bridge's own address is held (Weave's name for it).
@@ -65,7 +66,20 @@ pub struct RouterArgs {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `weft=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
-    /// Peers to connect to (host[:port]). Accepted now; the mesh is a later slice.
+    /// TCP port of the mesh (and, later, UDP port of the sleeve overlay).
+    #[arg(long, env = "WEAVE_PORT", default_value_t = mesh::DEFAULT_PORT)]
+    pub port: u16,
+    /// Most mesh connections (0: unlimited).
+    #[arg(long, env = "CONN_LIMIT", default_value_t = 200)]
+    pub conn_limit: usize,
+    /// Do not connect to peers learnt from the topology, only to the given ones.
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// Encrypt the mesh with this password (all peers must use the same one).
+    #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Peers to connect to (host[:port]); also `WEAVE_PEERS`, space-separated.
+    #[arg(env = "WEAVE_PEERS", value_delimiter = ' ')]
     pub peers: Vec<String>,
 }
 
@@ -81,7 +95,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub expose_ip: Option<Ipv4Net>,
-    pub peers: Vec<String>,
+    pub mesh: mesh::MeshOptions,
 }
 
 impl Config {
@@ -130,7 +144,18 @@ impl Config {
             socket: a.socket.clone(),
             metrics_addr: parse_addr(&a.metrics_addr, "--metrics-addr")?,
             expose_ip: a.expose_ip,
-            peers: a.peers.clone(),
+            mesh: mesh::MeshOptions {
+                port: a.port,
+                listen: None,
+                password: a
+                    .password
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .map(String::into_bytes),
+                conn_limit: a.conn_limit,
+                peer_discovery: !a.no_discovery,
+                peers: a.peers.iter().filter(|p| !p.is_empty()).cloned().collect(),
+            },
         })
     }
 }
@@ -138,9 +163,9 @@ impl Config {
 /// Everything the HTTP handlers share.
 pub struct State {
     pub cfg: Config,
-    pub identity: Identity,
     pub alloc: Mutex<LocalAllocator>,
     pub bridge_index: u32,
+    pub mesh: mesh::MeshHandle,
     pub ready: AtomicBool,
     pub metrics: metrics::Metrics,
 }
@@ -209,24 +234,23 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
     .with_context(|| format!("setting up the bridge {}", cfg.bridge))?;
     let bridge_ip = expose_bridge(&mut nl, &mut alloc, &cfg, bridge.index)?;
     tracing::info!(bridge = %cfg.bridge, ip = %bridge_ip, mtu = cfg.mtu, "bridge ready");
-    if !cfg.peers.is_empty() {
-        tracing::warn!(peers = ?cfg.peers, "peer connections are not implemented in this build yet; running as a single node");
-    }
-
-    let state = Arc::new(State {
-        metrics: metrics::Metrics::new(),
-        cfg,
-        identity,
-        alloc: Mutex::new(alloc),
-        bridge_index: bridge.index,
-        ready: AtomicBool::new(false),
-    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(api::serve(state))
+    rt.block_on(async move {
+        let mesh = mesh::start(&identity, cfg.mesh.clone()).await?;
+        let state = Arc::new(State {
+            metrics: metrics::Metrics::new(),
+            cfg,
+            alloc: Mutex::new(alloc),
+            bridge_index: bridge.index,
+            mesh,
+            ready: AtomicBool::new(false),
+        });
+        api::serve(state).await
+    })
 }
 
 /// Gives the bridge its address from IPAM under [`EXPOSE_ID`]: an address the bridge already

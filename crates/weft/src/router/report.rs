@@ -1,125 +1,164 @@
 //! The router's status in Weave's layouts: `/status` text, `/status/{peers,connections,targets,ipam}`
-//! text, and the `/report` JSON document (Weave's `WeaveStatus` field names).
+//! text, and the `/report` JSON document (Weave's `WeaveStatus` field names). The mesh part comes
+//! from a [`MeshStatus`] snapshot taken by the handler.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
+use weft_mesh::MeshStatus;
 
-use super::{State, EXPOSE_ID};
+use super::{range_size, State, EXPOSE_ID};
 
 pub const PROTOCOL: &str = "weave";
 pub const PROTOCOL_MIN: u8 = 1;
 pub const PROTOCOL_MAX: u8 = 2;
 
-fn peer_label(st: &State) -> String {
-    format!("{}({})", st.identity.name, st.identity.nickname)
+fn label(name: impl std::fmt::Display, nick: &str) -> String {
+    format!("{name}({nick})")
 }
 
-pub fn status_text(st: &State) -> String {
-    let a = st.alloc();
+fn row(s: &mut String, k: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(s, "{k:>15}: {v}");
+}
+
+pub fn status_text(st: &State, m: &MeshStatus) -> String {
+    let c = m.connection_counts();
     let mut s = String::new();
-    let rows: [(&str, String); 11] = [
-        ("Version", format!("weft {}", env!("CARGO_PKG_VERSION"))),
-        ("Service", "router".into()),
-        (
-            "Protocol",
-            format!("{PROTOCOL} {PROTOCOL_MIN}..{PROTOCOL_MAX}"),
+    row(
+        &mut s,
+        "Version",
+        format!("weft {}", env!("CARGO_PKG_VERSION")),
+    );
+    row(&mut s, "Service", "router");
+    row(
+        &mut s,
+        "Protocol",
+        format!("{PROTOCOL} {PROTOCOL_MIN}..{PROTOCOL_MAX}"),
+    );
+    row(&mut s, "Name", label(m.name, &m.nick_name));
+    row(
+        &mut s,
+        "Encryption",
+        if st.mesh.encrypted {
+            "enabled"
+        } else {
+            "disabled"
+        },
+    );
+    row(
+        &mut s,
+        "PeerDiscovery",
+        if m.peer_discovery {
+            "enabled"
+        } else {
+            "disabled"
+        },
+    );
+    row(&mut s, "Targets", m.targets.len());
+    row(
+        &mut s,
+        "Connections",
+        format!(
+            "{} ({} established, {} pending, {} retrying, {} failed, {} connecting)",
+            c.total, c.established, c.pending, c.retrying, c.failed, c.connecting
         ),
-        ("Name", peer_label(st)),
-        ("Encryption", "disabled".into()),
-        ("PeerDiscovery", "enabled".into()),
-        ("Targets", st.cfg.peers.len().to_string()),
-        ("Connections", "0".into()),
-        ("Peers", "1".into()),
-        ("TrustedSubnets", "none".into()),
-        ("", String::new()),
-    ];
-    for (k, v) in rows.iter().filter(|(k, _)| !k.is_empty()) {
-        let _ = writeln!(s, "{k:>15}: {v}");
-    }
+    );
+    row(
+        &mut s,
+        "Peers",
+        format!(
+            "{} (with {} established, {} pending connections)",
+            c.peers, c.peer_established, c.peer_pending
+        ),
+    );
+    row(&mut s, "TrustedSubnets", "none");
     s.push('\n');
-    let ipam: [(&str, String); 4] = [
-        ("Service", "ipam".into()),
-        ("Status", "ready".into()),
-        ("Range", a.universe().to_string()),
-        ("DefaultSubnet", a.default_subnet().to_string()),
-    ];
-    for (k, v) in ipam {
-        let _ = writeln!(s, "{k:>15}: {v}");
-    }
+    let a = st.alloc();
+    row(&mut s, "Service", "ipam");
+    row(&mut s, "Status", "ready");
+    row(&mut s, "Range", a.universe());
+    row(&mut s, "DefaultSubnet", a.default_subnet());
     s
 }
 
-pub fn status_part(st: &State, what: &str) -> Option<String> {
+pub fn status_part(st: &State, m: &MeshStatus, what: &str) -> Option<String> {
+    let mut s = String::new();
     match what {
-        "peers" => Some(format!("{}\n", peer_label(st))),
-        "connections" | "targets" => Some(
-            st.cfg
-                .peers
-                .iter()
-                .map(|p| {
-                    format!(
-                        "-> {p:<21} failed      peer connections are not available in this build\n"
-                    )
-                })
-                .collect(),
-        ),
+        "peers" => {
+            for p in &m.peers {
+                let _ = writeln!(s, "{}", label(p.name, &p.nick_name));
+                for c in &p.connections {
+                    let _ = writeln!(
+                        s,
+                        "   -> {:<21} {} {}",
+                        c.address,
+                        label(c.name, &c.nick_name),
+                        if c.established {
+                            "established"
+                        } else {
+                            "pending"
+                        }
+                    );
+                }
+            }
+        }
+        "connections" => {
+            let enc = if st.mesh.encrypted { "encrypted " } else { "" };
+            for c in &m.connections {
+                let dir = if c.outbound { "->" } else { "<-" };
+                let attrs = if c.state == "established" || c.state == "pending" {
+                    format!("{enc}tcp {}", c.info)
+                } else {
+                    c.info.clone()
+                };
+                let _ = writeln!(s, "{dir} {:<21} {:<11} {attrs}", c.address, c.state);
+            }
+        }
+        "targets" => {
+            for t in &m.targets {
+                let _ = writeln!(s, "{t}");
+            }
+        }
         "ipam" => {
             let a = st.alloc();
-            let total = super::range_size(a.universe());
-            let owned = total; // a single node owns the whole range
-            let pct = if total == 0 {
-                0.0
-            } else {
-                100.0 * owned as f64 / total as f64
-            };
-            Some(format!(
-                "{}  {} IPs ({:.1}% of total) ({} active)\n",
-                peer_label(st),
+            let total = range_size(a.universe());
+            let owned = total; // until the ring lands, this peer owns the whole range
+            let _ = writeln!(
+                s,
+                "{}  {} IPs ({:.1}% of total) ({} active)",
+                label(m.name, &m.nick_name),
                 owned,
-                pct,
+                100.0 * owned as f64 / total.max(1) as f64,
                 a.num_allocated()
-            ))
+            );
         }
-        _ => None,
+        _ => return None,
     }
+    Some(s)
 }
 
-pub fn report(st: &State) -> Value {
+pub fn report(st: &State, m: &MeshStatus) -> Value {
     let a = st.alloc();
-    let name = st.identity.name.to_string();
-    let total = super::range_size(a.universe());
+    let total = range_size(a.universe());
+    let mut router = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+    if let Value::Object(r) = &mut router {
+        r.insert("Protocol".into(), json!(PROTOCOL));
+        r.insert("ProtocolMinVersion".into(), json!(PROTOCOL_MIN));
+        r.insert("ProtocolMaxVersion".into(), json!(PROTOCOL_MAX));
+        r.insert("Encryption".into(), json!(st.mesh.encrypted));
+        r.insert("TrustedSubnets".into(), json!([]));
+        r.insert("Interface".into(), json!(st.cfg.bridge));
+        r.insert("OverlayDiagnostics".into(), json!({}));
+        r.insert(
+            "BridgeAddress".into(),
+            json!(a.lookup(EXPOSE_ID).first().map(|n| n.to_string())),
+        );
+    }
     json!({
         "Ready": st.is_ready(),
         "Version": env!("CARGO_PKG_VERSION"),
         "VersionCheck": { "Enabled": false },
-        "Router": {
-            "Protocol": PROTOCOL,
-            "ProtocolMinVersion": PROTOCOL_MIN,
-            "ProtocolMaxVersion": PROTOCOL_MAX,
-            "Encryption": false,
-            "PeerDiscovery": true,
-            "Name": name,
-            "NickName": st.identity.nickname,
-            "Port": 6783,
-            "Peers": [{
-                "Name": name,
-                "NickName": st.identity.nickname,
-                "UID": st.identity.uid,
-                "ShortID": st.identity.short_id,
-                "Version": 1,
-                "Connections": [],
-            }],
-            "UnicastRoutes": [{ "Dest": name, "Via": "00:00:00:00:00:00" }],
-            "BroadcastRoutes": [{ "Source": name, "Via": null }],
-            "Connections": [],
-            "TerminationCount": 0,
-            "Targets": st.cfg.peers,
-            "OverlayDiagnostics": {},
-            "TrustedSubnets": [],
-            "Interface": st.cfg.bridge,
-            "BridgeAddress": a.lookup(EXPOSE_ID).first().map(|n| n.to_string()),
-        },
+        "Router": router,
         "IPAM": {
             "Paxos": null,
             "Range": a.universe().to_string(),
@@ -129,8 +168,8 @@ pub fn report(st: &State) -> Value {
             "Entries": [{
                 "Token": a.universe().network().to_string(),
                 "Size": total,
-                "Peer": name,
-                "Nickname": st.identity.nickname,
+                "Peer": m.name.to_string(),
+                "Nickname": m.nick_name,
                 "IsKnownPeer": true,
                 "Version": 0,
             }],
