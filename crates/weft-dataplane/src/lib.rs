@@ -4,12 +4,24 @@
 //! routes), [`netns`] (network namespaces), [`sysctl`], [`arp`] (gratuitous ARP)
 //! and [`bridge`] (the node's `weave` bridge). Everything is blocking; call it from
 //! `spawn_blocking` in async code.
+//!
+//! Data-plane I/O building blocks: [`vxlan`] (the fast-path VXLAN device and its FDB),
+//! [`udp`] (the sleeve's batched, offloaded UDP socket), [`tap`] (the sleeve's TAP device
+//! with virtio-net offloads), [`gso`] (segmentation of the large frames a TAP yields, and
+//! TCP coalescing for TAP writes) and [`masq`]
+//! (pod egress masquerading with nftables). The fd-based ones expose their descriptors
+//! (`AsFd`) and run non-blocking, for a tokio driver to wrap in `AsyncFd`.
 
 pub mod arp;
 pub mod bridge;
+pub mod gso;
+pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+pub mod tap;
+pub mod udp;
+pub mod vxlan;
 
 mod error;
 pub use error::{Error, Result};

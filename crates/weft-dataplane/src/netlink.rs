@@ -26,6 +26,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// IFLA_BRPORT_MODE: the bridge port's hairpin flag (u8).
 const IFLA_BRPORT_MODE: u16 = 4;
+/// IFLA_BRPORT_ISOLATED: the bridge port's isolation flag (u8).
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 /// NLMSGERR_ATTR_MSG: extended-ack error string.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
@@ -859,6 +861,123 @@ impl Netlink {
             _ => e,
         })
     }
+}
+
+/// Hooks for the sibling modules (`vxlan`, `tap`) that build their own messages.
+impl Netlink {
+    /// Sends `msg` with NLM_F_ACK and `extra_flags`; waits for the ACK.
+    pub(crate) fn ack_raw(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        extra_flags: u16,
+    ) -> Result<()> {
+        self.ack(op, msg, extra_flags)
+    }
+
+    /// Sends `msg` as an NLM_F_DUMP request and returns every answer.
+    pub(crate) fn dump_raw(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.request(op, msg, 0, Kind::Dump)
+    }
+
+    /// The raw RTM_NEWLINK answer for link `name`, if there is one.
+    pub(crate) fn link_message_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>> {
+        validate_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link_message(&format!("get link {name:?}"), msg)
+    }
+
+    /// Creates a link from a prepared RTM_NEWLINK message (NLM_F_CREATE|NLM_F_EXCL);
+    /// EEXIST becomes `Error::Exists(what)`.
+    pub(crate) fn new_link_raw(&mut self, op: &str, what: &str, msg: LinkMessage) -> Result<()> {
+        self.new_link(op, what, msg)
+    }
+
+    /// Sets or clears the bridge port flag `isolated` (IFLA_BRPORT_ISOLATED): an isolated
+    /// port never forwards to, or receives from, another isolated port of the same bridge.
+    /// Weft isolates its two overlay ports (VXLAN and the sleeve TAP) from each other.
+    pub fn set_port_isolated(&mut self, index: u32, on: bool) -> Result<()> {
+        let msg = Self::setlink_msg(
+            index,
+            vec![LinkAttribute::ProtoInfoBridge(vec![
+                LinkProtoInfoBridge::Other(DefaultNla::new(
+                    IFLA_BRPORT_ISOLATED,
+                    vec![u8::from(on)],
+                )),
+            ])],
+        )?;
+        self.set_link(
+            format!(
+                "set bridge port isolation {} on link #{index}",
+                if on { "on" } else { "off" }
+            ),
+            AddressFamily::Bridge,
+            msg,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Error::InvalidArgument(format!(
+                "cannot set isolation on link #{index}: it is not a bridge port ({e}); call set_master first"
+            )),
+            _ => e,
+        })
+    }
+
+    /// Whether the bridge port `index` is isolated. Errors if the link is not a bridge port.
+    pub fn port_isolated(&mut self, index: u32) -> Result<bool> {
+        self.bridge_port_attrs(index)?
+            .into_iter()
+            .find_map(|p| match p {
+                InfoBridgePort::Isolated(on) => Some(on),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Protocol {
+                op: format!("read isolation of link #{index}"),
+                detail: "bridge port data without IFLA_BRPORT_ISOLATED (kernel older than 4.18?)"
+                    .into(),
+            })
+    }
+
+    /// Packet and byte counters of a link (IFLA_STATS64).
+    pub fn link_stats(&mut self, index: u32) -> Result<LinkStats> {
+        let msg = self.require_link(index)?;
+        msg.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some(LinkStats {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_dropped: s.rx_dropped,
+                    tx_dropped: s.tx_dropped,
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Protocol {
+                op: format!("read counters of link #{index}"),
+                detail: "link message without IFLA_STATS64".into(),
+            })
+    }
+}
+
+/// Counters of a link (from IFLA_STATS64).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
 }
 
 fn check_index(index: u32) -> Result<()> {
