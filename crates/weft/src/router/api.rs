@@ -295,7 +295,9 @@ async fn default_subnet(AxState(st): AxState<Shared>) -> String {
     st.cfg.default_subnet.to_string()
 }
 
-async fn mesh_status(st: &State) -> Result<weft_mesh::MeshStatus, Response> {
+async fn mesh_status(
+    st: &State,
+) -> Result<(weft_mesh::MeshStatus, super::mesh::ConnAttrs), Response> {
     if !st.is_ready() {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response());
     }
@@ -306,17 +308,17 @@ async fn mesh_status(st: &State) -> Result<weft_mesh::MeshStatus, Response> {
 
 async fn status(AxState(st): AxState<Shared>) -> Response {
     match mesh_status(&st).await {
-        Ok(m) => report::status_text(&st, &m).into_response(),
+        Ok((m, _)) => report::status_text(&st, &m).into_response(),
         Err(r) => r,
     }
 }
 
 async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> Response {
-    let m = match mesh_status(&st).await {
+    let (m, attrs) = match mesh_status(&st).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match report::status_part(&st, &m, &what) {
+    match report::status_part(&st, &m, &attrs, &what) {
         Some(text) => text.into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -328,7 +330,7 @@ async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> 
 
 async fn report_json(AxState(st): AxState<Shared>) -> Response {
     match mesh_status(&st).await {
-        Ok(m) => Json(report::report(&st, &m)).into_response(),
+        Ok((m, attrs)) => Json(report::report(&st, &m, &attrs)).into_response(),
         Err(r) => r,
     }
 }
@@ -393,7 +395,7 @@ async fn metrics(AxState(st): AxState<Shared>) -> Response {
         let a = st.alloc();
         st.metrics.observe_ipam(&a);
     }
-    if let Some(m) = st.mesh.status().await {
+    if let Some((m, _)) = st.mesh.status().await {
         st.metrics.observe_mesh(&m, st.mesh.encrypted);
     }
     let mut headers = HeaderMap::new();

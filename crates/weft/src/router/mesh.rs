@@ -20,6 +20,7 @@ use weft_wire::framing::{FrameReader, FrameWriter};
 use weft_wire::handshake::{Features, Handshake, HandshakeParams, Progress};
 use weft_wire::ShortId;
 
+use super::dp_iface::{ConnInfo, FromDataPlane, ToDataPlane};
 use crate::identity::Identity;
 
 /// Weave's mesh port.
@@ -39,11 +40,21 @@ pub struct MeshOptions {
     pub conn_limit: usize,
     pub peer_discovery: bool,
     pub peers: Vec<String>,
+    /// Our `Overlays` feature (e.g. "weft-vxlan sleeve"); `None` when there is no data plane.
+    pub overlays: Option<String>,
+}
+
+/// The data plane's ends of the channels (see `dp_iface`); `None` runs the mesh alone, with
+/// connections counted as established as soon as they are up.
+pub struct DataPlaneLink {
+    pub to: mpsc::UnboundedSender<ToDataPlane>,
+    pub from: mpsc::UnboundedReceiver<FromDataPlane>,
 }
 
 enum Cmd {
     Up {
         params: ConnectionParams,
+        info: Box<ConnInfo>,
         writer: mpsc::Sender<Vec<u8>>,
         reply: oneshot::Sender<Result<ConnId, String>>,
     },
@@ -69,9 +80,12 @@ enum Cmd {
         peers: Vec<String>,
     },
     Status {
-        reply: oneshot::Sender<MeshStatus>,
+        reply: oneshot::Sender<(MeshStatus, ConnAttrs)>,
     },
 }
+
+/// Overlay attributes per connection, as the data plane last reported them.
+pub type ConnAttrs = HashMap<ConnId, std::collections::BTreeMap<String, String>>;
 
 /// What the HTTP API holds to talk to the mesh.
 #[derive(Clone)]
@@ -81,7 +95,7 @@ pub struct MeshHandle {
 }
 
 impl MeshHandle {
-    pub async fn status(&self) -> Option<MeshStatus> {
+    pub async fn status(&self) -> Option<(MeshStatus, ConnAttrs)> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Status { reply }).ok()?;
         rx.await.ok()
@@ -109,6 +123,7 @@ impl MeshHandle {
 struct ConnCtx {
     identity: Identity,
     password: Option<Vec<u8>>,
+    overlays: Option<String>,
     tx: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -121,12 +136,20 @@ impl ConnCtx {
             rand::random(),
         );
         f.short_id = ShortId::new(self.identity.short_id).ok();
+        f.overlays = self
+            .overlays
+            .as_ref()
+            .map(|o| o.split_whitespace().map(str::to_owned).collect());
         f
     }
 }
 
 /// Starts the mesh: the listener and the actor. Returns the handle for the API.
-pub async fn start(identity: &Identity, opts: MeshOptions) -> anyhow::Result<MeshHandle> {
+pub async fn start(
+    identity: &Identity,
+    opts: MeshOptions,
+    dataplane: Option<DataPlaneLink>,
+) -> anyhow::Result<MeshHandle> {
     let listen = opts
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], opts.port)));
@@ -148,10 +171,11 @@ pub async fn start(identity: &Identity, opts: MeshOptions) -> anyhow::Result<Mes
     let ctx = Arc::new(ConnCtx {
         identity: identity.clone(),
         password: opts.password.clone(),
+        overlays: opts.overlays.clone(),
         tx: tx.clone(),
     });
     tokio::spawn(accept_loop(listener, ctx.clone()));
-    tokio::spawn(actor(mesh, epoch, rx, ctx));
+    tokio::spawn(actor(mesh, epoch, rx, ctx, dataplane));
     Ok(MeshHandle {
         tx,
         encrypted: opts.password.is_some(),
@@ -188,33 +212,67 @@ async fn actor(
     epoch: Instant,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     ctx: Arc<ConnCtx>,
+    dataplane: Option<DataPlaneLink>,
 ) {
     let mut writers: HashMap<ConnId, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut attrs: ConnAttrs = HashMap::new();
+    let (dp_tx, mut dp_rx) = match dataplane {
+        Some(l) => (Some(l.to), Some(l.from)),
+        None => (None, None),
+    };
+    if let Some(dp) = &dp_tx {
+        let _ = dp.send(ToDataPlane::Routes(Box::new(mesh.routes().clone())));
+    }
     loop {
-        drain_actions(&mut mesh, &mut writers, &ctx, epoch);
+        drain_actions(
+            &mut mesh,
+            &mut writers,
+            &ctx,
+            epoch,
+            dp_tx.as_ref(),
+            &mut attrs,
+        );
         let sleep = mesh
             .poll_timeout()
             .map(|t| epoch + Duration::from_millis(t.0))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let from_dp = async {
+            match dp_rx.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 let t = now(epoch);
                 match cmd {
-                    Cmd::Up { params, writer, reply } => {
+                    Cmd::Up { params, info, writer, reply } => {
                         let r = mesh.handle_connection_up(params, t);
                         if let Ok(id) = &r {
                             writers.insert(*id, writer);
-                            // The data plane will confirm connections once an overlay's
-                            // heartbeat is acknowledged; until it exists the TCP link is the
-                            // only channel, so it counts as established.
-                            mesh.connection_established(*id, t);
+                            match &dp_tx {
+                                // The data plane confirms the connection once one of its
+                                // overlays has a working heartbeat.
+                                Some(dp) => {
+                                    let mut info = info;
+                                    info.conn = *id;
+                                    let _ = dp.send(ToDataPlane::ConnUp(info));
+                                }
+                                // No data plane: the TCP link is all there is.
+                                None => mesh.connection_established(*id, t),
+                            }
                         }
                         let _ = reply.send(r.map_err(|e| e.to_string()));
                     }
                     Cmd::Msg { conn, body } => mesh.handle_message(conn, &body, t),
                     Cmd::Down { conn, reason } => {
-                        writers.remove(&conn);
+                        if writers.remove(&conn).is_some() {
+                            if let Some(dp) = &dp_tx {
+                                let _ = dp.send(ToDataPlane::ConnDown(conn));
+                            }
+                        }
+                        attrs.remove(&conn);
                         mesh.handle_connection_down(conn, &reason, t);
                     }
                     Cmd::DialFailed { addr, error, permanent } => {
@@ -225,12 +283,45 @@ async fn actor(
                         }
                     }
                     Cmd::Connect { peers, replace, reply } => {
-                        let r = mesh.initiate_connections(&peers, replace, t).map_err(|e| join_errors(&e));
+                        let r = mesh
+                            .initiate_connections(&peers, replace, t)
+                            .map_err(|e| join_errors(&e));
                         let _ = reply.send(r);
                     }
                     Cmd::Forget { peers } => mesh.forget_connections(&peers, t),
                     Cmd::Status { reply } => {
-                        let _ = reply.send(mesh.status(t));
+                        let _ = reply.send((mesh.status(t), attrs.clone()));
+                    }
+                }
+            }
+            msg = from_dp => {
+                let Some(msg) = msg else {
+                    tracing::error!("the data plane stopped; connections can no longer carry traffic");
+                    dp_rx = None;
+                    continue;
+                };
+                let t = now(epoch);
+                match msg {
+                    FromDataPlane::Control { conn, msg } => match msg.encode() {
+                        Ok(body) => {
+                            if let Some(w) = writers.get(&conn) {
+                                if w.try_send(body).is_err() {
+                                    mesh.close_connection(
+                                        conn,
+                                        "the connection is not keeping up with its send queue",
+                                        t,
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!("encoding an overlay control message: {e}"),
+                    },
+                    FromDataPlane::Established(conn) => mesh.connection_established(conn, t),
+                    FromDataPlane::Failed { conn, reason } => mesh.close_connection(conn, &reason, t),
+                    FromDataPlane::Attrs { conn, attrs: a } => {
+                        if writers.contains_key(&conn) {
+                            attrs.insert(conn, a);
+                        }
                     }
                 }
             }
@@ -244,6 +335,8 @@ fn drain_actions(
     writers: &mut HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
     ctx: &Arc<ConnCtx>,
     epoch: Instant,
+    dp: Option<&mpsc::UnboundedSender<ToDataPlane>>,
+    attrs: &mut ConnAttrs,
 ) {
     while let Some(action) = mesh.poll_action() {
         match action {
@@ -263,16 +356,27 @@ fn drain_actions(
             Action::Close { conn, reason } => {
                 tracing::info!(conn = ?conn, %reason, "closing mesh connection");
                 // Dropping the writer ends the writer task, which shuts the socket down.
-                writers.remove(&conn);
+                if writers.remove(&conn).is_some() {
+                    if let Some(dp) = dp {
+                        let _ = dp.send(ToDataPlane::ConnDown(conn));
+                    }
+                }
+                attrs.remove(&conn);
             }
             Action::Dial { address } => {
                 tokio::spawn(dial(address, ctx.clone()));
             }
-            Action::Overlay { .. } => {
-                // Overlay control messages belong to the data plane, which is not in this
-                // build; Weave peers only send them for overlays we did not advertise.
+            Action::Overlay { conn, msg } => {
+                if let Some(dp) = dp {
+                    let _ = dp.send(ToDataPlane::Control { conn, msg });
+                }
             }
-            Action::RoutesChanged | Action::ShortIdsInvalidated => {}
+            Action::RoutesChanged => {
+                if let Some(dp) = dp {
+                    let _ = dp.send(ToDataPlane::Routes(Box::new(mesh.routes().clone())));
+                }
+            }
+            Action::ShortIdsInvalidated => {}
             Action::PeersRemoved(peers) => {
                 for p in peers {
                     tracing::info!(peer = %p.name, "peer removed from the topology");
@@ -365,6 +469,23 @@ async fn run_connection(mut stream: TcpStream, outbound: bool, addr: String, ctx
     }
     let params =
         ConnectionParams::from_features(&done.remote, done.conn_uid, outbound, addr.clone());
+    let remote_tcp = match stream.peer_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(%addr, "the connection closed right after the handshake: {e}");
+            return;
+        }
+    };
+    let info = Box::new(ConnInfo {
+        conn: ConnId(0),
+        remote: done.remote.name,
+        remote_nickname: done.remote.nick_name.clone(),
+        conn_uid: done.conn_uid,
+        outbound,
+        remote_tcp,
+        remote_overlays: done.remote.overlays.clone(),
+        session_key: done.session.as_ref().map(|c| c.session_key.clone()),
+    });
     let (sealer, opener) = match done.session {
         Some(c) => (Some(c.sealer), Some(c.opener)),
         None => (None, None),
@@ -375,6 +496,7 @@ async fn run_connection(mut stream: TcpStream, outbound: bool, addr: String, ctx
         .tx
         .send(Cmd::Up {
             params,
+            info,
             writer: wtx,
             reply,
         })

@@ -5,6 +5,7 @@
 //! socket, and Prometheus metrics, until SIGTERM/SIGINT.
 
 mod api;
+mod dp_iface;
 mod mesh;
 mod metrics;
 mod report;
@@ -155,6 +156,7 @@ impl Config {
                 conn_limit: a.conn_limit,
                 peer_discovery: !a.no_discovery,
                 peers: a.peers.iter().filter(|p| !p.is_empty()).cloned().collect(),
+                overlays: None,
             },
         })
     }
@@ -240,7 +242,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let mesh = mesh::start(&identity, cfg.mesh.clone()).await?;
+        let mesh = mesh::start(&identity, cfg.mesh.clone(), None).await?;
         let state = Arc::new(State {
             metrics: metrics::Metrics::new(),
             cfg,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use weft_mesh::MeshStatus;
 
+use super::mesh::ConnAttrs;
 use super::{range_size, State, EXPOSE_ID};
 
 pub const PROTOCOL: &str = "weave";
@@ -81,7 +82,7 @@ pub fn status_text(st: &State, m: &MeshStatus) -> String {
     s
 }
 
-pub fn status_part(st: &State, m: &MeshStatus, what: &str) -> Option<String> {
+pub fn status_part(st: &State, m: &MeshStatus, attrs: &ConnAttrs, what: &str) -> Option<String> {
     let mut s = String::new();
     match what {
         "peers" => {
@@ -103,15 +104,19 @@ pub fn status_part(st: &State, m: &MeshStatus, what: &str) -> Option<String> {
             }
         }
         "connections" => {
-            let enc = if st.mesh.encrypted { "encrypted " } else { "" };
             for c in &m.connections {
                 let dir = if c.outbound { "->" } else { "<-" };
-                let attrs = if c.state == "established" || c.state == "pending" {
-                    format!("{enc}tcp {}", c.info)
-                } else {
-                    c.info.clone()
+                let overlay = c.conn.and_then(|id| attrs.get(&id));
+                let detail = match overlay {
+                    Some(a) => connection_attrs(a, st.mesh.encrypted, &c.info),
+                    None if c.state == "established" || c.state == "pending" => format!(
+                        "{}tcp {}",
+                        if st.mesh.encrypted { "encrypted " } else { "" },
+                        c.info
+                    ),
+                    None => c.info.clone(),
                 };
-                let _ = writeln!(s, "{dir} {:<21} {:<11} {attrs}", c.address, c.state);
+                let _ = writeln!(s, "{dir} {:<21} {:<11} {detail}", c.address, c.state);
             }
         }
         "targets" => {
@@ -137,10 +142,45 @@ pub fn status_part(st: &State, m: &MeshStatus, what: &str) -> Option<String> {
     Some(s)
 }
 
-pub fn report(st: &State, m: &MeshStatus) -> Value {
+/// Weave's connection line detail: `[encrypted ]fastdp name(nick) mtu=1376`, plus why sleeve.
+fn connection_attrs(
+    a: &std::collections::BTreeMap<String, String>,
+    tcp_encrypted: bool,
+    info: &str,
+) -> String {
+    let encrypted = a
+        .get("encrypted")
+        .map(|v| v == "true")
+        .unwrap_or(tcp_encrypted);
+    let mut s = format!(
+        "{}{} {info}",
+        if encrypted {
+            "encrypted "
+        } else {
+            "unencrypted "
+        },
+        a.get("name").map(String::as_str).unwrap_or("tcp")
+    );
+    if let Some(mtu) = a.get("mtu") {
+        let _ = write!(s, " mtu={mtu}");
+    }
+    if let Some(why) = a.get("why").filter(|w| !w.is_empty()) {
+        let _ = write!(s, " ({why})");
+    }
+    s
+}
+
+pub fn report(st: &State, m: &MeshStatus, attrs: &ConnAttrs) -> Value {
     let a = st.alloc();
     let total = range_size(a.universe());
     let mut router = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+    if let Some(conns) = router.get_mut("Connections").and_then(Value::as_array_mut) {
+        for (c, v) in m.connections.iter().zip(conns.iter_mut()) {
+            if let (Some(at), Value::Object(o)) = (c.conn.and_then(|id| attrs.get(&id)), v) {
+                o.insert("Attrs".into(), json!(at));
+            }
+        }
+    }
     if let Value::Object(r) = &mut router {
         r.insert("Protocol".into(), json!(PROTOCOL));
         r.insert("ProtocolMinVersion".into(), json!(PROTOCOL_MIN));
