@@ -13,7 +13,7 @@
 //! [`Ring::choose_peers_to_ask_for_space`]. As in Weave, a pending allocation only ends when
 //! space is found or the driver cancels it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -152,6 +152,19 @@ pub enum Outcome {
     Pending,
 }
 
+/// A pending operation, as listed by [`Allocator::pending_ops`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingOp {
+    /// The operation.
+    pub op: OpId,
+    /// The identifier it is for.
+    pub id: String,
+    /// True for a claim of a specific address, false for an allocation.
+    pub claim: bool,
+    /// The subnet to allocate in, or the claimed address with its prefix length.
+    pub net: Ipv4Net,
+}
+
 #[derive(Debug, Clone)]
 enum PendingKind {
     Allocate { subnet: Ipv4Net },
@@ -199,6 +212,8 @@ pub struct Allocator {
     nicknames: BTreeMap<PeerName, String>,
     pending: Vec<Pending>,
     now_ms: u64,
+    /// Peers we have a route to; `None`: unknown, every peer is assumed reachable.
+    reachable: Option<BTreeSet<PeerName>>,
 }
 
 impl Allocator {
@@ -239,6 +254,7 @@ impl Allocator {
             nicknames,
             pending: Vec::new(),
             now_ms: 0,
+            reachable: None,
         };
         // A seeded ring exists from the start (persisted data, if any, replaces it).
         if let InitMode::Seed(peers) = &alloc.init {
@@ -709,7 +725,19 @@ impl Allocator {
         let want = coalesce(self.ring.owned_ranges(self.us));
         let have = self.space.owned_ranges().to_vec();
         for r in subtract(&want, &have) {
-            let _ = self.space.add(r);
+            if self.space.add(r).is_ok() {
+                // Addresses recorded for an identifier inside a range we (re)gain stay taken
+                // (e.g. restored records whose range the persisted ring did not give us yet).
+                let held: Vec<Address> = self
+                    .owned
+                    .iter()
+                    .flat_map(|(_, d)| d.cidrs.iter().map(|c| from_ipv4(c.addr())))
+                    .filter(|a| r.contains(*a))
+                    .collect();
+                for a in held {
+                    let _ = self.space.claim(a);
+                }
+            }
         }
         for r in subtract(&have, &want) {
             let _ = self.space.remove_free(r);
@@ -792,7 +820,7 @@ impl Allocator {
                     let mut p = p;
                     if self.may_ask(&p) && !asked.iter().any(|(_, r)| *r == range) {
                         let donors = self.ring.choose_peers_to_ask_for_space(range, rng);
-                        if let Some(&donor) = donors.first() {
+                        if let Some(&donor) = donors.iter().find(|d| self.is_reachable(**d)) {
                             asked.push((donor, range));
                             p.asked_at = Some(self.now_ms);
                             actions.push(Action::Send {
@@ -842,6 +870,71 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// Starts creating the ring if there is none yet (Weave's "prime", `GET /ring`): with a
+    /// seed list the ring is created at once, in consensus mode we propose.
+    pub fn prime<R: Rng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut actions = Vec::new();
+        self.establish_ring(now_ms, rng, &mut actions);
+        actions
+    }
+
+    /// Frees one address of `id` (`DELETE /ip/{id}/{ip}`). `None` when `id` does not hold
+    /// `addr`; otherwise the action persisting `id`'s remaining record.
+    pub fn release_addr(&mut self, id: &str, addr: Ipv4Addr) -> Option<Vec<Action>> {
+        self.owned.remove_addr(id, addr)?;
+        let a = from_ipv4(addr);
+        if self.space.is_allocated(a) {
+            let _ = self.space.free(a);
+        }
+        Some(vec![Action::PersistOwned {
+            id: id.to_string(),
+            data: self.owned.get(id).cloned().unwrap_or_default(),
+        }])
+    }
+
+    /// Sets the peers we can reach (from the mesh's routes); space requests go only to them.
+    /// `None` (the default) assumes every peer reachable.
+    pub fn set_reachable(&mut self, reachable: Option<BTreeSet<PeerName>>) {
+        self.reachable = reachable;
+    }
+
+    /// Whether `peer` is us or reachable (see [`Allocator::set_reachable`]).
+    pub fn is_reachable(&self, peer: PeerName) -> bool {
+        peer == self.us || self.reachable.as_ref().is_none_or(|r| r.contains(&peer))
+    }
+
+    /// The pending operations, oldest first.
+    pub fn pending_ops(&self) -> Vec<PendingOp> {
+        self.pending
+            .iter()
+            .map(|p| PendingOp {
+                op: p.op,
+                id: p.id.clone(),
+                claim: matches!(p.kind, PendingKind::Claim { .. }),
+                net: match p.kind {
+                    PendingKind::Allocate { subnet } => subnet,
+                    PendingKind::Claim { cidr } => cidr,
+                },
+            })
+            .collect()
+    }
+
+    /// The allocation range (`--ipalloc-range`).
+    pub fn universe(&self) -> Ipv4Net {
+        self.universe_net
+    }
+
+    /// The default subnet (`--ipalloc-default-subnet`).
+    pub fn default_subnet(&self) -> Ipv4Net {
+        self.default_subnet
+    }
+
+    /// How the first ring is made (`--ipalloc-init`).
+    pub fn init_mode(&self) -> &InitMode {
+        &self.init
     }
 
     /// The nickname of this peer.

@@ -16,6 +16,9 @@
 //!   compatible with Weave Net 2.8.
 //! - [`allocator`]: the ring-aware allocator core (sans-IO): allocation from owned ranges,
 //!   space requests and donation, claims, the initial ring, gossip handling.
+//! - [`node`]: [`NodeIpam`], the per-node IPAM service the router drives: the allocator plus
+//!   its store (everything committed before it is acknowledged or sent), deadlines on pending
+//!   operations, status for `weft status ipam` and `/report`.
 //! - [`sim`]: a deterministic simulated network for tests and benchmarks.
 //!
 //! Everything here is synchronous; the router keeps the allocator behind a mutex.
@@ -25,6 +28,7 @@ pub mod allocator;
 mod error;
 pub mod gossip;
 pub mod local;
+pub mod node;
 pub mod owned;
 pub mod paxos;
 pub mod ring;
@@ -35,6 +39,7 @@ pub mod store;
 pub use address::{Address, CidrExt, Range};
 pub use error::{Error, Result};
 pub use local::{LocalAllocator, OpenReport, OwnedEntry};
+pub use node::{IpamFailure, NodeAction, NodeError, NodeIpam};
 pub use owned::{Owned, OwnedData};
 pub use ring::{PeerName, Ring};
 pub use space::{Space, SpaceError};

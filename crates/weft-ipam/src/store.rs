@@ -7,6 +7,7 @@
 //! | `top`            | `version`         | schema version, raw bytes `[major, minor]`          |
 //! | `top`            | `peername`        | this peer's name, UTF-8                             |
 //! | `top`            | `ring`            | JSON [`RingRecord`] (the allocation range for now)  |
+//! | `top`            | `ringState`       | the whole ring, gob `*ring.Ring` ([`crate::node`])  |
 //! | `top`            | other keys        | free for other users ([`Store::put_top`])           |
 //! | `ownedAddresses` | identifier        | JSON [`OwnedData`]                                  |
 //!
@@ -95,6 +96,21 @@ pub const KEY_VERSION: &str = "version";
 pub const KEY_PEERNAME: &str = "peername";
 /// Key of the ring in `top`.
 pub const KEY_RING: &str = "ring";
+
+/// Key of the whole ring in `top`: Weave's gob `*ring.Ring` encoding
+/// ([`crate::gossip::encode_ring`]), written by the ring-aware [`crate::node::NodeIpam`].
+pub const KEY_RING_STATE: &str = "ringState";
+
+/// The ring as [`Store::save_batch`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct RingWrite<'a> {
+    /// This peer's name (`peername`).
+    pub peer_name: &'a str,
+    /// The ring record (`ring`).
+    pub record: &'a RingRecord,
+    /// The whole ring, gob-encoded (`ringState`).
+    pub state: &'a [u8],
+}
 
 /// What is persisted under `ring`. For now only the allocation range, so that changing
 /// `--ipalloc-range` discards the old state; the ring issue extends this record.
@@ -277,6 +293,72 @@ impl Store {
                 }
                 None => {
                     owned.remove(id)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes, in one durable transaction, the ring (peer name, ring record and the whole ring
+    /// under [`KEY_RING_STATE`]) when given, and the owned records (an empty record deletes
+    /// its identifier). Nothing is written when the transaction fails.
+    pub fn save_batch(
+        &self,
+        ring: Option<RingWrite<'_>>,
+        owned: &[(&str, &OwnedData)],
+    ) -> Result<()> {
+        let owned: Vec<(&str, Option<Vec<u8>>)> = owned
+            .iter()
+            .map(|(id, d)| (*id, (!d.cidrs.is_empty()).then(|| to_json(*d))))
+            .collect();
+        let record = ring.map(|r| to_json(r.record));
+        self.write("save IPAM state", |txn| {
+            if let (Some(r), Some(record)) = (ring, &record) {
+                let mut top = txn.open_table(TOP)?;
+                top.insert(KEY_PEERNAME, r.peer_name.as_bytes())?;
+                top.insert(KEY_RING, record.as_slice())?;
+                top.insert(KEY_RING_STATE, r.state)?;
+            }
+            if !owned.is_empty() {
+                let mut table = txn.open_table(OWNED)?;
+                for (id, value) in &owned {
+                    match value {
+                        Some(v) => {
+                            table.insert(*id, v.as_slice())?;
+                        }
+                        None => {
+                            table.remove(*id)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Like [`Store::reset`] (every owned record discarded, version, peer name and ring record
+    /// written), and also sets the whole ring under [`KEY_RING_STATE`], or deletes it when
+    /// `state` is `None`, in the same durable transaction.
+    pub fn reset_with_ring_state(
+        &self,
+        peer_name: &str,
+        ring: &RingRecord,
+        state: Option<&[u8]>,
+    ) -> Result<()> {
+        let ring = to_json(ring);
+        self.write("reset", |txn| {
+            txn.delete_table(OWNED)?;
+            txn.open_table(OWNED)?;
+            let mut top = txn.open_table(TOP)?;
+            top.insert(KEY_VERSION, &SCHEMA_VERSION[..])?;
+            top.insert(KEY_PEERNAME, peer_name.as_bytes())?;
+            top.insert(KEY_RING, ring.as_slice())?;
+            match state {
+                Some(s) => {
+                    top.insert(KEY_RING_STATE, s)?;
+                }
+                None => {
+                    top.remove(KEY_RING_STATE)?;
                 }
             }
             Ok(())

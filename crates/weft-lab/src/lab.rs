@@ -914,7 +914,22 @@ impl Lab {
         let container_id = format!("{}-{name}", self.id);
         let req = self.cni_request(host, &container_id, ns.ns().path())?;
         let host_ns = self.try_host(host)?.netns();
-        let res = match cni::add(host_ns, &req, &name) {
+        // Like a kubelet, retry "try again later" (code 11: the router is not ready yet, e.g.
+        // its IPAM is still agreeing on the first ring with its peers), within the CNI timeout.
+        let deadline = std::time::Instant::now() + self.cfg.cni_timeout;
+        let mut delay = Duration::from_millis(100);
+        let add = loop {
+            match cni::add(host_ns, &req, &name) {
+                Err(Error::Cni { code: Some(11), .. })
+                    if std::time::Instant::now() + delay < deadline =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
+            }
+        };
+        let res = match add {
             Ok(r) => r,
             Err(e) => {
                 if let Err(del) = cni::del(host_ns, &req, None, &name) {

@@ -31,6 +31,12 @@ enum Command {
     Connect(ConnectArgs),
     /// Stop connecting to peers (Weave's `weave forget`).
     Forget(ForgetArgs),
+    /// Take over the address ranges of a peer that is gone for good (Weave's `weave rmpeer`).
+    /// Run it on exactly one peer per dead peer.
+    Rmpeer(RmpeerArgs),
+    /// Hand this peer's address ranges to another peer before removing the node (the IPAM part
+    /// of Weave's `weave reset`); stop the router afterwards.
+    Reset(ClientArgs),
     /// Install the CNI plugin and write the network configuration.
     SetupCni(setup_cni::SetupCniArgs),
     /// Build a local cluster in network namespaces and show pods reaching each other.
@@ -54,6 +60,14 @@ struct ConnectArgs {
     replace: bool,
     /// Peers (host[:port]).
     peers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct RmpeerArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The peer's name (MAC) or nickname.
+    peer: String,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +98,8 @@ impl Cli {
             Command::Report(c) => client::report(&c),
             Command::Connect(a) => client::connect(&a.client, &a.peers, a.replace),
             Command::Forget(a) => client::forget(&a.client, &a.peers),
+            Command::Rmpeer(a) => client::rmpeer(&a.client, &a.peer),
+            Command::Reset(c) => client::reset(&c),
             Command::SetupCni(args) => setup_cni::run(&args).map(|()| ExitCode::SUCCESS),
             Command::Lab(args) => lab::run(&args),
         }

@@ -103,3 +103,26 @@ pub fn report(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
+
+fn delete(args: &ClientArgs, path: &str) -> anyhow::Result<String> {
+    let client = UnixHttp::new(&args.socket).with_timeout(TIMEOUT);
+    let resp = client.delete(path).map_err(|e| explain(args, e))?;
+    if !(200..300).contains(&resp.status) {
+        bail!("DELETE {path}: {} {}", resp.status, resp.text().trim());
+    }
+    Ok(resp.text())
+}
+
+pub fn rmpeer(args: &ClientArgs, peer: &str) -> anyhow::Result<ExitCode> {
+    if peer.is_empty() || peer.contains('/') {
+        bail!("{peer:?} is not a peer name or nickname");
+    }
+    print!("{}", delete(args, &format!("/peer/{peer}"))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reset(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    delete(args, "/peer")?;
+    println!("this peer's address ranges were handed to another peer; stop the router now and remove its store (--db-prefix) before it rejoins");
+    Ok(ExitCode::SUCCESS)
+}

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::Ipv4Net;
-use weft_ipam::Error as IpamError;
 
+use super::ipam::IpamCmd;
 use super::{prepare_socket_path, report, State, EXPOSE_ID};
 
 type Shared = Arc<State>;
@@ -39,6 +39,8 @@ pub fn routes(state: Shared) -> Router {
         .route("/status/{what}", get(status_part))
         .route("/report", get(report_json))
         .route("/connect", post(connect))
+        .route("/peer", axum::routing::delete(shutdown_ipam))
+        .route("/peer/{name}", axum::routing::delete(rmpeer))
         .route("/forget", post(forget))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -109,15 +111,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<IpamError> for ApiError {
-    fn from(e: IpamError) -> Self {
-        let code = match &e {
-            IpamError::NoAddresses(_) => StatusCode::NOT_FOUND,
-            IpamError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IpamError::Exhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError(code, e.to_string())
+impl From<super::ipam::IpamError> for ApiError {
+    fn from(e: super::ipam::IpamError) -> Self {
+        let code = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError(code, e.msg)
     }
 }
 
@@ -159,29 +156,28 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs an allocator operation off the async workers (each mutation commits to disk).
-async fn with_alloc<T: Send + 'static>(
-    state: &Shared,
-    f: impl FnOnce(&mut weft_ipam::local::LocalAllocator) -> Result<T, IpamError> + Send + 'static,
+/// Sends an IPAM request to the mesh actor and waits for its answer (which may come after
+/// gossip with other peers).
+async fn ipam_call<T>(
+    st: &Shared,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> IpamCmd,
 ) -> Result<T, ApiError> {
-    if !state.is_ready() {
+    if !st.is_ready() {
         return Err(not_ready());
     }
-    let st = state.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut a = st.alloc();
-        let r = f(&mut a);
-        st.metrics.observe_ipam(&a);
-        r
-    })
-    .await
-    .map_err(|e| {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if !st.mesh.ipam(make(reply)) {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the router is shutting down".into(),
+        ));
+    }
+    rx.await.map_err(|_| {
         ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("allocator task failed: {e}"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the router is shutting down".into(),
         )
-    })?;
-    out.map_err(ApiError::from)
+    })
 }
 
 async fn allocate_default(
@@ -190,7 +186,13 @@ async fn allocate_default(
 ) -> Result<String, ApiError> {
     check_id(&id)?;
     let is_container = id != EXPOSE_ID;
-    let net = with_alloc(&st, move |a| a.allocate(&id, None, is_container)).await?;
+    let net = ipam_call(&st, |reply| IpamCmd::Allocate {
+        id,
+        subnet: None,
+        is_container,
+        reply,
+    })
+    .await??;
     Ok(net.to_string())
 }
 
@@ -201,7 +203,13 @@ async fn allocate_in_subnet(
     check_id(&id)?;
     let subnet = parse_cidr(&ip, &prefixlen)?.trunc();
     let is_container = id != EXPOSE_ID;
-    let net = with_alloc(&st, move |a| a.allocate(&id, Some(subnet), is_container)).await?;
+    let net = ipam_call(&st, |reply| IpamCmd::Allocate {
+        id,
+        subnet: Some(subnet),
+        is_container,
+        reply,
+    })
+    .await??;
     Ok(net.to_string())
 }
 
@@ -210,9 +218,15 @@ async fn claim(
     Path((id, ip, prefixlen)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
-    let net = parse_cidr(&ip, &prefixlen)?;
+    let cidr = parse_cidr(&ip, &prefixlen)?;
     let is_container = id != EXPOSE_ID;
-    with_alloc(&st, move |a| a.claim(&id, net, is_container)).await?;
+    ipam_call(&st, |reply| IpamCmd::Claim {
+        id,
+        cidr,
+        is_container,
+        reply,
+    })
+    .await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,7 +235,7 @@ async fn release(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
-    with_alloc(&st, move |a| a.release(&id)).await?;
+    ipam_call(&st, |reply| IpamCmd::Release { id, reply }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -236,13 +250,13 @@ async fn release_one(
             format!("invalid IP address {ip:?}"),
         )
     })?;
-    with_alloc(&st, move |a| a.release_addr(&id, addr)).await?;
+    ipam_call(&st, |reply| IpamCmd::ReleaseAddr { id, addr, reply }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn lookup(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
     check_id(&id)?;
-    let addrs = with_alloc(&st, move |a| Ok(a.lookup(&id))).await?;
+    let addrs = ipam_call(&st, |reply| IpamCmd::Lookup { id, reply }).await?;
     if addrs.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -253,7 +267,7 @@ async fn lookup(AxState(st): AxState<Shared>, Path(id): Path<String>) -> Result<
 }
 
 async fn list_owned(AxState(st): AxState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    let owned = with_alloc(&st, |a| Ok(a.owned())).await?;
+    let owned = ipam_call(&st, |reply| IpamCmd::Owned { reply }).await?;
     let list: Vec<_> = owned
         .into_iter()
         .map(|o| {
@@ -265,6 +279,20 @@ async fn list_owned(AxState(st): AxState<Shared>) -> Result<Json<serde_json::Val
         })
         .collect();
     Ok(Json(serde_json::json!({ "owned": list })))
+}
+
+/// `DELETE /peer/{name}`: Weave's rmpeer, taking over the ranges of a peer that is gone.
+async fn rmpeer(
+    AxState(st): AxState<Shared>,
+    Path(peer): Path<String>,
+) -> Result<String, ApiError> {
+    Ok(ipam_call(&st, |reply| IpamCmd::RmPeer { peer, reply }).await??)
+}
+
+/// `DELETE /peer`: hand this peer's ranges to another peer before leaving (`weft reset`).
+async fn shutdown_ipam(AxState(st): AxState<Shared>) -> Result<StatusCode, ApiError> {
+    ipam_call(&st, |reply| IpamCmd::Shutdown { reply }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn expose(
@@ -295,30 +323,46 @@ async fn default_subnet(AxState(st): AxState<Shared>) -> String {
     st.cfg.default_subnet.to_string()
 }
 
-async fn mesh_status(
-    st: &State,
-) -> Result<(weft_mesh::MeshStatus, super::mesh::ConnAttrs), Response> {
+type Snapshot = (
+    weft_mesh::MeshStatus,
+    super::mesh::ConnAttrs,
+    super::ipam::IpamSnapshot,
+);
+
+/// The mesh and IPAM state for status pages, taken from the mesh actor.
+async fn snapshot(st: &State) -> Result<Snapshot, Response> {
+    let unavailable = |m: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{m}\n")).into_response();
     if !st.is_ready() {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response());
+        return Err(unavailable("not ready"));
     }
-    st.mesh.status().await.ok_or_else(|| {
-        (StatusCode::SERVICE_UNAVAILABLE, "the mesh is not running\n").into_response()
-    })
+    let (m, attrs) = st
+        .mesh
+        .status()
+        .await
+        .ok_or_else(|| unavailable("the mesh is not running"))?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if !st.mesh.ipam(IpamCmd::Status { reply }) {
+        return Err(unavailable("the mesh is not running"));
+    }
+    let ipam = rx
+        .await
+        .map_err(|_| unavailable("the mesh is not running"))?;
+    Ok((m, attrs, ipam))
 }
 
 async fn status(AxState(st): AxState<Shared>) -> Response {
-    match mesh_status(&st).await {
-        Ok((m, _)) => report::status_text(&st, &m).into_response(),
+    match snapshot(&st).await {
+        Ok((m, _, ipam)) => report::status_text(&st, &m, &ipam).into_response(),
         Err(r) => r,
     }
 }
 
 async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> Response {
-    let (m, attrs) = match mesh_status(&st).await {
-        Ok(m) => m,
+    let (m, attrs, ipam) = match snapshot(&st).await {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    match report::status_part(&st, &m, &attrs, &what) {
+    match report::status_part(&st, &m, &attrs, &ipam, &what) {
         Some(text) => text.into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -329,8 +373,8 @@ async fn status_part(AxState(st): AxState<Shared>, Path(what): Path<String>) -> 
 }
 
 async fn report_json(AxState(st): AxState<Shared>) -> Response {
-    match mesh_status(&st).await {
-        Ok((m, attrs)) => Json(report::report(&st, &m, &attrs)).into_response(),
+    match snapshot(&st).await {
+        Ok((m, attrs, ipam)) => Json(report::report(&st, &m, &attrs, &ipam)).into_response(),
         Err(r) => r,
     }
 }
@@ -391,12 +435,9 @@ async fn forget(AxState(st): AxState<Shared>, body: String) -> StatusCode {
 }
 
 async fn metrics(AxState(st): AxState<Shared>) -> Response {
-    {
-        let a = st.alloc();
-        st.metrics.observe_ipam(&a);
-    }
-    if let Some((m, _)) = st.mesh.status().await {
+    if let Ok((m, _, ipam)) = snapshot(&st).await {
         st.metrics.observe_mesh(&m, st.mesh.encrypted);
+        st.metrics.observe_ipam(&ipam);
     }
     let mut headers = HeaderMap::new();
     headers.insert(

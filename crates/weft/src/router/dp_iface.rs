@@ -40,6 +40,8 @@ pub enum ToDataPlane {
     Control { conn: ConnId, msg: ProtocolMsg },
     /// The mesh's route tables changed.
     Routes(Box<Routes>),
+    /// The address ranges this node owns changed (for NO_MASQ_LOCAL).
+    LocalRanges(Vec<ipnet::Ipv4Net>),
 }
 
 /// Data plane → mesh actor.

@@ -21,6 +21,7 @@ use weft_wire::handshake::{Features, Handshake, HandshakeParams, Progress};
 use weft_wire::ShortId;
 
 use super::dp_iface::{ConnInfo, FromDataPlane, ToDataPlane};
+use super::ipam::{self, IpamCmd, IpamHandler};
 use crate::identity::Identity;
 
 /// Weave's mesh port.
@@ -29,6 +30,8 @@ pub const DEFAULT_PORT: u16 = 6783;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often IPAM retries requests, checks deadlines and re-proposes.
+const IPAM_TICK: Duration = Duration::from_millis(500);
 /// Frames queued for one connection before it counts as stuck.
 const WRITE_QUEUE: usize = 4096;
 
@@ -82,6 +85,7 @@ enum Cmd {
     Status {
         reply: oneshot::Sender<(MeshStatus, ConnAttrs)>,
     },
+    Ipam(IpamCmd),
 }
 
 /// Overlay attributes per connection, as the data plane last reported them.
@@ -117,6 +121,11 @@ impl MeshHandle {
     pub fn forget(&self, peers: Vec<String>) {
         let _ = self.tx.send(Cmd::Forget { peers });
     }
+
+    /// Sends an IPAM request to the actor; false if the actor is gone.
+    pub fn ipam(&self, cmd: IpamCmd) -> bool {
+        self.tx.send(Cmd::Ipam(cmd)).is_ok()
+    }
 }
 
 /// Everything a connection task needs.
@@ -149,6 +158,7 @@ pub async fn start(
     identity: &Identity,
     opts: MeshOptions,
     dataplane: Option<DataPlaneLink>,
+    ipam: weft_ipam::node::NodeIpam,
 ) -> anyhow::Result<MeshHandle> {
     let listen = opts
         .listen
@@ -165,6 +175,8 @@ pub async fn start(
     cfg.peer_discovery = opts.peer_discovery;
     let epoch = Instant::now();
     let mut mesh = Mesh::new(cfg, Millis(0));
+    mesh.register_channel(ipam::CHANNEL, Box::new(IpamHandler::new(ipam)))
+        .map_err(|e| anyhow::anyhow!("registering the IPAM gossip channel: {e}"))?;
     if let Err(e) = mesh.initiate_connections(&opts.peers, false, Millis(0)) {
         anyhow::bail!("invalid peer addresses: {}", join_errors(&e));
     }
@@ -216,6 +228,9 @@ async fn actor(
 ) {
     let mut writers: HashMap<ConnId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut attrs: ConnAttrs = HashMap::new();
+    let mut ipam_pending = ipam::Pending::default();
+    let mut ipam_tick = tokio::time::interval(IPAM_TICK);
+    ipam_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (dp_tx, mut dp_rx) = match dataplane {
         Some(l) => (Some(l.to), Some(l.from)),
         None => (None, None),
@@ -224,6 +239,11 @@ async fn actor(
         let _ = dp.send(ToDataPlane::Routes(Box::new(mesh.routes().clone())));
     }
     loop {
+        if let Some(ranges) = ipam::after_mesh_call(&mut mesh, &mut ipam_pending) {
+            if let Some(dp) = &dp_tx {
+                let _ = dp.send(ToDataPlane::LocalRanges(ranges));
+            }
+        }
         drain_actions(
             &mut mesh,
             &mut writers,
@@ -292,8 +312,10 @@ async fn actor(
                     Cmd::Status { reply } => {
                         let _ = reply.send((mesh.status(t), attrs.clone()));
                     }
+                    Cmd::Ipam(cmd) => ipam::handle(&mut mesh, &mut ipam_pending, cmd, t),
                 }
             }
+            _ = ipam_tick.tick() => ipam::tick(&mut mesh, &mut ipam_pending, now(epoch)),
             msg = from_dp => {
                 let Some(msg) = msg else {
                     tracing::error!("the data plane stopped; connections can no longer carry traffic");

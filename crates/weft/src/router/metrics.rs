@@ -2,12 +2,12 @@
 
 use std::sync::atomic::AtomicU64;
 
+use super::ipam::IpamSnapshot;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use weft_ipam::local::LocalAllocator;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IpsLabels {
@@ -28,6 +28,9 @@ pub struct Metrics {
     connections: Family<ConnLabels, Gauge<u64, AtomicU64>>,
     terminations: Gauge<u64, AtomicU64>,
     peers: Gauge<u64, AtomicU64>,
+    unreachable: Gauge<u64, AtomicU64>,
+    pending_allocates: Gauge<u64, AtomicU64>,
+    pending_claims: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -56,8 +59,29 @@ impl Metrics {
             "Number of peers in the topology",
             peers.clone(),
         );
+        let unreachable = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weave_ipam_unreachable_count",
+            "Number of unreachable peers that own IP ranges",
+            unreachable.clone(),
+        );
+        let pending_allocates = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weave_ipam_pending_allocates",
+            "Allocations waiting",
+            pending_allocates.clone(),
+        );
+        let pending_claims = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weave_ipam_pending_claims",
+            "Claims waiting",
+            pending_claims.clone(),
+        );
         Metrics {
             registry,
+            unreachable,
+            pending_allocates,
+            pending_claims,
             ips,
             max_ips,
             connections,
@@ -66,13 +90,18 @@ impl Metrics {
         }
     }
 
-    pub fn observe_ipam(&self, a: &LocalAllocator) {
+    pub fn observe_ipam(&self, ipam: &IpamSnapshot) {
         self.ips
             .get_or_create(&IpsLabels {
                 state: "local-used".into(),
             })
-            .set(a.num_allocated());
-        self.max_ips.set(super::range_size(a.universe()));
+            .set(ipam.active);
+        self.max_ips.set(super::range_size(ipam.universe));
+        self.unreachable
+            .set(ipam.status.unreachable_peers.len() as u64);
+        self.pending_allocates
+            .set(ipam.status.pending_allocates as u64);
+        self.pending_claims.set(ipam.status.pending_claims as u64);
     }
 
     pub fn observe_mesh(&self, m: &weft_mesh::MeshStatus, encrypted: bool) {

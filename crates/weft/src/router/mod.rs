@@ -5,7 +5,9 @@
 //! socket, and Prometheus metrics, until SIGTERM/SIGINT.
 
 mod api;
+mod dataplane;
 mod dp_iface;
+mod ipam;
 mod mesh;
 mod metrics;
 mod report;
@@ -13,14 +15,16 @@ mod report;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
 use weft_dataplane::bridge::{ensure_bridge, BridgeConfig};
 use weft_dataplane::netlink::Netlink;
-use weft_ipam::local::LocalAllocator;
+use weft_ipam::allocator::{AllocatorConfig, InitMode};
+use weft_ipam::node::NodeIpam;
+use weft_wire::PeerName;
 
 use crate::identity;
 
@@ -40,15 +44,29 @@ pub struct RouterArgs {
     /// Name of the node's bridge.
     #[arg(long, default_value = "weave", env = "WEFT_BRIDGE")]
     pub bridge: String,
-    /// MTU of the bridge and of pod interfaces.
-    #[arg(long, env = "WEAVE_MTU", default_value_t = 1376)]
-    pub mtu: u32,
+    /// MTU of the bridge and of pod interfaces. Default: the underlay's MTU minus the largest
+    /// encapsulation overhead in use.
+    #[arg(long, env = "WEAVE_MTU")]
+    pub mtu: Option<u32>,
+    /// Do not use the kernel VXLAN fast path; carry all traffic in the sleeve overlay.
+    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub no_fastdp: bool,
+    /// Masquerade pod traffic to this node's own addresses too (Weave's NO_MASQ_LOCAL=0).
+    #[arg(long, env = "NO_MASQ_LOCAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    pub no_masq_local: bool,
     /// The address range shared by all peers.
     #[arg(long, env = "IPALLOC_RANGE", default_value = "10.32.0.0/12")]
     pub ipalloc_range: Ipv4Net,
     /// The subnet pods get addresses from when they ask for none in particular. Default: the range.
     #[arg(long, env = "IPALLOC_DEFAULT_SUBNET")]
     pub ipalloc_default_subnet: Option<Ipv4Net>,
+    /// How the first IPAM ring is made: `consensus[=N]` (Paxos among N peers; default N from
+    /// the number of peers given), `seed=NAME,...` (the same list on every peer), `observer`.
+    #[arg(long, env = "IPALLOC_INIT")]
+    pub ipalloc_init: Option<String>,
+    /// How long an allocation may wait for other peers (consensus, space) before failing.
+    #[arg(long, env = "WEFT_IPAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub ipam_timeout: std::time::Duration,
     /// Fixed address for the bridge (CIDR), instead of the first free one.
     #[arg(long, env = "WEAVE_EXPOSE_IP")]
     pub expose_ip: Option<Ipv4Net>,
@@ -88,7 +106,9 @@ pub struct RouterArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bridge: String,
-    pub mtu: u32,
+    pub mtu: Option<u32>,
+    pub fastdp: bool,
+    pub no_masq_local: bool,
     pub range: Ipv4Net,
     pub default_subnet: Ipv4Net,
     pub db_path: PathBuf,
@@ -97,6 +117,63 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub expose_ip: Option<Ipv4Net>,
     pub mesh: mesh::MeshOptions,
+    pub init: InitMode,
+    pub ipam_timeout: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 500ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+/// Parses `IPALLOC_INIT` as Weave does; without it, consensus with a quorum from the number of
+/// peers given (`(targets+1)/2 + 1`).
+fn parse_init(spec: Option<&str>, targets: usize) -> anyhow::Result<InitMode> {
+    use weft_ipam::paxos::{quorum_for_consensus, quorum_for_targets};
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty());
+    Ok(match spec {
+        None | Some("consensus") => InitMode::Consensus {
+            quorum: quorum_for_targets(targets),
+        },
+        Some("observer") => InitMode::Observer,
+        Some(s) if s.starts_with("consensus=") => {
+            let n: u32 = s["consensus=".len()..].parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "IPALLOC_INIT {s:?}: the count after consensus= must be a number of peers"
+                )
+            })?;
+            if n == 0 {
+                bail!("IPALLOC_INIT {s:?}: consensus needs at least one peer");
+            }
+            InitMode::Consensus {
+                quorum: quorum_for_consensus(n),
+            }
+        }
+        Some(s) if s.starts_with("seed=") => {
+            let names: Result<Vec<PeerName>, _> = s["seed=".len()..]
+                .split(',')
+                .map(|n| n.trim().parse::<PeerName>())
+                .collect();
+            let names = names.map_err(|e| anyhow::anyhow!("IPALLOC_INIT {s:?}: {e}"))?;
+            if names.is_empty() {
+                bail!("IPALLOC_INIT {s:?}: name at least one peer");
+            }
+            InitMode::Seed(names)
+        }
+        Some(s) => bail!("IPALLOC_INIT {s:?} is not one of consensus[=N], seed=NAME,..., observer"),
+    })
 }
 
 impl Config {
@@ -116,11 +193,10 @@ impl Config {
         {
             bail!("--ipalloc-default-subnet {default_subnet} does not overlap --ipalloc-range {range}");
         }
-        if !(68..=65535).contains(&a.mtu) {
-            bail!(
-                "MTU {} is out of range: use a value between 68 and 65535",
-                a.mtu
-            );
+        if let Some(mtu) = a.mtu {
+            if !(552..=65535).contains(&mtu) {
+                bail!("WEAVE_MTU {mtu} is out of range: use a value between 552 and 65535");
+            }
         }
         if let Some(ip) = a.expose_ip {
             if !range.contains(&ip.addr()) {
@@ -138,6 +214,8 @@ impl Config {
         Ok(Config {
             bridge: a.bridge.clone(),
             mtu: a.mtu,
+            fastdp: !a.no_fastdp,
+            no_masq_local: a.no_masq_local,
             range,
             default_subnet,
             db_path: PathBuf::from(format!("{}data.db", a.db_prefix)),
@@ -145,6 +223,11 @@ impl Config {
             socket: a.socket.clone(),
             metrics_addr: parse_addr(&a.metrics_addr, "--metrics-addr")?,
             expose_ip: a.expose_ip,
+            init: parse_init(
+                a.ipalloc_init.as_deref(),
+                a.peers.iter().filter(|p| !p.is_empty()).count(),
+            )?,
+            ipam_timeout: a.ipam_timeout,
             mesh: mesh::MeshOptions {
                 port: a.port,
                 listen: None,
@@ -165,7 +248,6 @@ impl Config {
 /// Everything the HTTP handlers share.
 pub struct State {
     pub cfg: Config,
-    pub alloc: Mutex<LocalAllocator>,
     pub bridge_index: u32,
     pub mesh: mesh::MeshHandle,
     pub ready: AtomicBool,
@@ -175,12 +257,6 @@ pub struct State {
 impl State {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-
-    /// Locks the allocator. A poisoned lock (a panic while holding it) still holds a consistent
-    /// allocator, because every mutation commits to the store before changing memory.
-    pub fn alloc(&self) -> std::sync::MutexGuard<'_, LocalAllocator> {
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -212,90 +288,160 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(name = %identity.name, nickname = %identity.nickname, source = identity.source, "peer identity");
 
-    let (mut alloc, report) = LocalAllocator::open(
+    let (mut ipam, report) = NodeIpam::open(
         &cfg.db_path,
-        cfg.range,
-        cfg.default_subnet,
-        &identity.name.to_string(),
+        AllocatorConfig {
+            peer: identity.name,
+            uid: identity.uid,
+            nickname: identity.nickname.clone(),
+            universe: cfg.range,
+            default_subnet: cfg.default_subnet,
+            init: cfg.init.clone(),
+        },
     )
     .with_context(|| format!("opening the IPAM store {}", cfg.db_path.display()))?;
+    ipam.set_op_timeout(cfg.ipam_timeout);
     if let Some(why) = &report.discarded_reason {
         tracing::warn!("discarded persisted IPAM state: {why}");
     } else if report.restored {
         tracing::info!(ids = report.owned_ids, "restored IPAM state");
     }
 
+    let mtu = dataplane::derive_mtu(&mut nl, cfg.mtu, cfg.mesh.password.is_some(), cfg.fastdp)
+        .context("working out the overlay MTU")?;
     let bridge = ensure_bridge(
         &mut nl,
         &BridgeConfig {
             name: cfg.bridge.clone(),
-            mtu: cfg.mtu,
+            mtu,
             mac: Some(identity.name.to_name_bytes()),
         },
     )
     .with_context(|| format!("setting up the bridge {}", cfg.bridge))?;
-    let bridge_ip = expose_bridge(&mut nl, &mut alloc, &cfg, bridge.index)?;
-    tracing::info!(bridge = %cfg.bridge, ip = %bridge_ip, mtu = cfg.mtu, "bridge ready");
+    tracing::info!(bridge = %cfg.bridge, mtu, "bridge ready");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let mesh = mesh::start(&identity, cfg.mesh.clone(), None).await?;
+        let (to_dp, from_mesh) = tokio::sync::mpsc::unbounded_channel();
+        let (to_mesh, from_dp) = tokio::sync::mpsc::unbounded_channel();
+        let dp = dataplane::start(
+            dataplane::DataPlaneParams {
+                local: identity.name,
+                bridge: cfg.bridge.clone(),
+                bridge_index: bridge.index,
+                bridge_mac: identity.name.to_name_bytes(),
+                mtu,
+                port: cfg.mesh.port,
+                fastdp: cfg.fastdp,
+                encrypted: cfg.mesh.password.is_some(),
+                range: cfg.range,
+                no_masq_local: cfg.no_masq_local,
+            },
+            from_mesh,
+            to_mesh,
+        )
+        .context("starting the data plane")?;
+        let mut mesh_opts = cfg.mesh.clone();
+        mesh_opts.overlays = Some(dp.overlays_feature.clone());
+        let mesh = mesh::start(
+            &identity,
+            mesh_opts,
+            Some(mesh::DataPlaneLink {
+                to: to_dp,
+                from: from_dp,
+            }),
+            ipam,
+        )
+        .await?;
         let state = Arc::new(State {
             metrics: metrics::Metrics::new(),
             cfg,
-            alloc: Mutex::new(alloc),
             bridge_index: bridge.index,
             mesh,
             ready: AtomicBool::new(false),
         });
+        tokio::spawn(expose_bridge(state.clone()));
         api::serve(state).await
     })
 }
 
-/// Gives the bridge its address from IPAM under [`EXPOSE_ID`]: an address the bridge already
-/// has inside the range is claimed (so a restart keeps it), else the fixed `WEAVE_EXPOSE_IP`,
-/// else the first free address.
-fn expose_bridge(
-    nl: &mut Netlink,
-    alloc: &mut LocalAllocator,
-    cfg: &Config,
-    bridge_index: u32,
-) -> anyhow::Result<Ipv4Net> {
-    let present: Vec<Ipv4Net> = nl
-        .addresses(bridge_index)
-        .context("reading the bridge's addresses")?
-        .into_iter()
-        .filter(|a| cfg.range.contains(&a.addr()))
-        .collect();
-    let wanted = match (cfg.expose_ip, present.first()) {
-        (Some(ip), _) => {
-            alloc
-                .claim(EXPOSE_ID, ip, false)
-                .with_context(|| format!("claiming the bridge address {ip}"))?;
-            ip
+/// Gives the bridge its address from IPAM under [`EXPOSE_ID`], as `weave expose` does: an
+/// address the bridge already has inside the range is claimed (so a restart keeps it), else
+/// the fixed `WEAVE_EXPOSE_IP`, else the first free one. IPAM may have to wait for the first
+/// ring (consensus with other peers), so this retries until it succeeds; until then the CNI
+/// plugin answers "try again later".
+async fn expose_bridge(st: Arc<State>) {
+    let index = st.bridge_index;
+    let range = st.cfg.range;
+    let present: Vec<Ipv4Net> =
+        match tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Ipv4Net>> {
+            let mut nl = Netlink::open()?;
+            Ok(nl
+                .addresses(index)?
+                .into_iter()
+                .filter(|a| range.contains(&a.addr()))
+                .collect())
+        })
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!("reading the bridge's addresses: {e:#}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!("reading the bridge's addresses: {e}");
+                Vec::new()
+            }
+        };
+    let mut delay = std::time::Duration::from_millis(200);
+    let wanted = loop {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = match (st.cfg.expose_ip, present.first()) {
+            (Some(ip), _) | (None, Some(&ip)) => ipam::IpamCmd::Claim {
+                id: EXPOSE_ID.into(),
+                cidr: ip,
+                is_container: false,
+                reply,
+            },
+            (None, None) => ipam::IpamCmd::Allocate {
+                id: EXPOSE_ID.into(),
+                subnet: None,
+                is_container: false,
+                reply,
+            },
+        };
+        if !st.mesh.ipam(cmd) {
+            return;
         }
-        (None, Some(&have)) => {
-            alloc
-                .claim(EXPOSE_ID, have, false)
-                .with_context(|| format!("claiming the bridge's existing address {have}"))?;
-            have
+        match rx.await {
+            Ok(Ok(net)) => break net,
+            Ok(Err(e)) => tracing::warn!("the bridge has no address yet: {}", e.msg),
+            Err(_) => return,
         }
-        (None, None) => alloc
-            .allocate(EXPOSE_ID, None, false)
-            .context("allocating the bridge address")?,
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     };
-    for stale in present.iter().filter(|a| **a != wanted) {
-        tracing::info!(addr = %stale, "removing a stale bridge address");
-        nl.del_address(bridge_index, *stale)?;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut nl = Netlink::open()?;
+        for stale in present.iter().filter(|a| **a != wanted) {
+            tracing::info!(addr = %stale, "removing a stale bridge address");
+            nl.del_address(index, *stale)?;
+        }
+        if !present.contains(&wanted) {
+            nl.add_address(index, wanted)?;
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => tracing::info!(ip = %wanted, "bridge address set"),
+        Ok(Err(e)) => tracing::error!("adding {wanted} to the bridge: {e:#}"),
+        Err(e) => tracing::error!("adding {wanted} to the bridge: {e}"),
     }
-    if !present.contains(&wanted) {
-        nl.add_address(bridge_index, wanted)
-            .with_context(|| format!("adding {wanted} to the bridge"))?;
-    }
-    Ok(wanted)
 }
 
 fn init_logging(filter: &str) {

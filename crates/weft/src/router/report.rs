@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use weft_mesh::MeshStatus;
 
+use super::ipam::IpamSnapshot;
 use super::mesh::ConnAttrs;
-use super::{range_size, State, EXPOSE_ID};
+use super::State;
 
 pub const PROTOCOL: &str = "weave";
 pub const PROTOCOL_MIN: u8 = 1;
@@ -22,7 +23,7 @@ fn row(s: &mut String, k: &str, v: impl std::fmt::Display) {
     let _ = writeln!(s, "{k:>15}: {v}");
 }
 
-pub fn status_text(st: &State, m: &MeshStatus) -> String {
+pub fn status_text(st: &State, m: &MeshStatus, ipam: &IpamSnapshot) -> String {
     let c = m.connection_counts();
     let mut s = String::new();
     row(
@@ -74,15 +75,26 @@ pub fn status_text(st: &State, m: &MeshStatus) -> String {
     );
     row(&mut s, "TrustedSubnets", "none");
     s.push('\n');
-    let a = st.alloc();
     row(&mut s, "Service", "ipam");
-    row(&mut s, "Status", "ready");
-    row(&mut s, "Range", a.universe());
-    row(&mut s, "DefaultSubnet", a.default_subnet());
+    row(&mut s, "Status", &ipam.status.status);
+    row(&mut s, "Range", ipam.universe);
+    row(&mut s, "DefaultSubnet", ipam.default_subnet);
+    if let Some(e) = &ipam.status.last_gossip_error {
+        row(&mut s, "GossipError", e);
+    }
+    if let Some(e) = &ipam.status.store_error {
+        row(&mut s, "StoreError", e);
+    }
     s
 }
 
-pub fn status_part(st: &State, m: &MeshStatus, attrs: &ConnAttrs, what: &str) -> Option<String> {
+pub fn status_part(
+    st: &State,
+    m: &MeshStatus,
+    attrs: &ConnAttrs,
+    ipam: &IpamSnapshot,
+    what: &str,
+) -> Option<String> {
     let mut s = String::new();
     match what {
         "peers" => {
@@ -125,17 +137,10 @@ pub fn status_part(st: &State, m: &MeshStatus, attrs: &ConnAttrs, what: &str) ->
             }
         }
         "ipam" => {
-            let a = st.alloc();
-            let total = range_size(a.universe());
-            let owned = total; // until the ring lands, this peer owns the whole range
-            let _ = writeln!(
-                s,
-                "{}  {} IPs ({:.1}% of total) ({} active)",
-                label(m.name, &m.nick_name),
-                owned,
-                100.0 * owned as f64 / total.max(1) as f64,
-                a.num_allocated()
-            );
+            s.push_str(&ipam.text);
+            for p in &ipam.status.pending {
+                let _ = writeln!(s, "pending: {} {} ({})", p.ident, p.cidr, p.reason);
+            }
         }
         _ => return None,
     }
@@ -170,9 +175,7 @@ fn connection_attrs(
     s
 }
 
-pub fn report(st: &State, m: &MeshStatus, attrs: &ConnAttrs) -> Value {
-    let a = st.alloc();
-    let total = range_size(a.universe());
+pub fn report(st: &State, m: &MeshStatus, attrs: &ConnAttrs, ipam: &IpamSnapshot) -> Value {
     let mut router = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
     if let Some(conns) = router.get_mut("Connections").and_then(Value::as_array_mut) {
         for (c, v) in m.connections.iter().zip(conns.iter_mut()) {
@@ -189,9 +192,23 @@ pub fn report(st: &State, m: &MeshStatus, attrs: &ConnAttrs) -> Value {
         r.insert("TrustedSubnets".into(), json!([]));
         r.insert("Interface".into(), json!(st.cfg.bridge));
         r.insert("OverlayDiagnostics".into(), json!({}));
-        r.insert(
-            "BridgeAddress".into(),
-            json!(a.lookup(EXPOSE_ID).first().map(|n| n.to_string())),
+    }
+    let mut ipam_json = serde_json::to_value(&ipam.status.ipam).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut ipam_json {
+        o.insert("Status".into(), json!(ipam.status.status));
+        o.insert("Shares".into(), json!(ipam.status.shares));
+        o.insert(
+            "UnreachablePeers".into(),
+            json!(ipam.status.unreachable_peers),
+        );
+        o.insert("Pending".into(), json!(ipam.status.pending));
+        o.insert(
+            "LocalRanges".into(),
+            json!(ipam
+                .local_ranges
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()),
         );
     }
     json!({
@@ -199,22 +216,6 @@ pub fn report(st: &State, m: &MeshStatus, attrs: &ConnAttrs) -> Value {
         "Version": env!("CARGO_PKG_VERSION"),
         "VersionCheck": { "Enabled": false },
         "Router": router,
-        "IPAM": {
-            "Paxos": null,
-            "Range": a.universe().to_string(),
-            "RangeNumIPs": total,
-            "ActiveIPs": a.num_allocated(),
-            "DefaultSubnet": a.default_subnet().to_string(),
-            "Entries": [{
-                "Token": a.universe().network().to_string(),
-                "Size": total,
-                "Peer": m.name.to_string(),
-                "Nickname": m.nick_name,
-                "IsKnownPeer": true,
-                "Version": 0,
-            }],
-            "PendingClaims": [],
-            "PendingAllocates": [],
-        },
+        "IPAM": ipam_json,
     })
 }
