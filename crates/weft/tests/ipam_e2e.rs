@@ -317,3 +317,48 @@ fn a_user_chosen_range_is_split_between_hosts() {
     let r = report(&lab, 1);
     assert_eq!(r["IPAM"]["Range"], "10.2.0.0/16");
 }
+
+#[test]
+fn a_ring_conflict_is_reported_without_dropping_the_connection() {
+    require_root();
+    let mut lab = Lab::create(&config(2, 0, None)).unwrap();
+    // Each host seeds a ring of its own before they meet: Weave's "seeded by different peers".
+    for h in 1..=2 {
+        let seed = format!("seed={}", lab_peer_name(h));
+        lab.start_router_with(h, &["--ipalloc-init".into(), seed])
+            .unwrap();
+    }
+    let status_of = |h: usize| lab.http(h).get_text("/status").unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(30), || status_of(1)
+            .contains("seeded by different peers")),
+        "{}",
+        status_of(1)
+    );
+    let status = status_of(1);
+    assert!(
+        status.contains(&lab_peer_name(2)),
+        "the error names the peer: {status}"
+    );
+    // The mesh connection stays up: a ring conflict must not cut unrelated traffic.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = report(&lab, 1);
+    let conns = r["Router"]["Connections"].as_array().unwrap();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["State"] == "established" || c["State"] == "pending"),
+        "{conns:#?}"
+    );
+    assert_eq!(
+        r["Router"]["TerminationCount"], 0,
+        "the connection was dropped: {conns:#?}"
+    );
+    let metrics = lab.http(1).get_text("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_ipam_gossip_errors ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

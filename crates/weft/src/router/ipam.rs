@@ -108,12 +108,15 @@ pub struct IpamSnapshot {
     pub default_subnet: Ipv4Net,
     pub active: u64,
     pub local_ranges: Vec<Ipv4Net>,
+    pub gossip_errors: u64,
 }
 
 /// The gossip handler: `NodeIpam` plus what its callbacks produced for the actor.
 pub struct IpamHandler {
     pub node: NodeIpam,
     completed: Vec<(OpId, Result<Ipv4Net, IpamFailure>)>,
+    /// Gossip the ring refused (merge errors, malformed messages), for metrics.
+    gossip_errors: u64,
 }
 
 impl IpamHandler {
@@ -121,6 +124,7 @@ impl IpamHandler {
         IpamHandler {
             node,
             completed: Vec::new(),
+            gossip_errors: 0,
         }
     }
 
@@ -136,8 +140,25 @@ impl IpamHandler {
     }
 }
 
-fn herr(e: NodeError) -> HandlerError {
-    Box::new(e)
+impl IpamHandler {
+    /// Weave drops the TCP connection when IPAM gossip cannot be merged, which also cuts the
+    /// data plane to that peer. Weft keeps the connection: the error is logged, counted and
+    /// shown in `weft status` (NodeIpam keeps the last one, with the peer it came from), and the
+    /// ring stays as it was. Only other failures (the database) are returned as errors.
+    fn absorb(
+        &mut self,
+        r: Result<Vec<NodeAction>, NodeError>,
+    ) -> Result<Vec<NodeAction>, HandlerError> {
+        match r {
+            Ok(a) => Ok(a),
+            Err(e @ (NodeError::Merge { .. } | NodeError::Malformed { .. })) => {
+                self.gossip_errors += 1;
+                tracing::error!("IPAM gossip refused: {e}");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(Box::new(e)),
+        }
+    }
 }
 
 impl GossipHandler for IpamHandler {
@@ -147,10 +168,8 @@ impl GossipHandler for IpamHandler {
         src: PeerName,
         msg: &[u8],
     ) -> Result<(), HandlerError> {
-        let actions = self
-            .node
-            .on_gossip_unicast(src, msg, ctx.now.0)
-            .map_err(herr)?;
+        let r = self.node.on_gossip_unicast(src, msg, ctx.now.0);
+        let actions = self.absorb(r)?;
         self.apply_in(ctx, actions);
         Ok(())
     }
@@ -161,10 +180,10 @@ impl GossipHandler for IpamHandler {
         src: PeerName,
         update: &[u8],
     ) -> Result<Option<Box<dyn GossipData>>, HandlerError> {
-        let (relay, actions) = self
-            .node
-            .on_gossip_broadcast(src, update, ctx.now.0)
-            .map_err(herr)?;
+        let (relay, actions) = match self.node.on_gossip_broadcast(src, update, ctx.now.0) {
+            Ok(r) => r,
+            Err(e) => (None, self.absorb(Err(e))?),
+        };
         self.apply_in(ctx, actions);
         Ok(relay.map(|b| Box::new(LatestData(b)) as Box<dyn GossipData>))
     }
@@ -181,7 +200,8 @@ impl GossipHandler for IpamHandler {
         ctx: &mut GossipContext<'_>,
         update: &[u8],
     ) -> Result<Option<Box<dyn GossipData>>, HandlerError> {
-        let actions = self.node.on_gossip(update, ctx.now.0).map_err(herr)?;
+        let r = self.node.on_gossip(update, ctx.now.0);
+        let actions = self.absorb(r)?;
         self.apply_in(ctx, actions);
         Ok(None)
     }
@@ -335,6 +355,7 @@ pub fn handle(mesh: &mut Mesh, pending: &mut Pending, cmd: IpamCmd, now: Millis)
                 default_subnet: h.node.default_subnet(),
                 active: h.node.num_allocated(),
                 local_ranges: local_ranges(h),
+                gossip_errors: h.gossip_errors,
             });
         }
         IpamCmd::RmPeer { peer, reply } => {

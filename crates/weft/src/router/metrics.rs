@@ -31,6 +31,7 @@ pub struct Metrics {
     unreachable: Gauge<u64, AtomicU64>,
     pending_allocates: Gauge<u64, AtomicU64>,
     pending_claims: Gauge<u64, AtomicU64>,
+    gossip_errors: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -77,8 +78,15 @@ impl Metrics {
             "Claims waiting",
             pending_claims.clone(),
         );
+        let gossip_errors = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "weft_ipam_gossip_errors",
+            "IPAM gossip messages refused (ring merge errors) since start; see weft status",
+            gossip_errors.clone(),
+        );
         Metrics {
             registry,
+            gossip_errors,
             unreachable,
             pending_allocates,
             pending_claims,
@@ -102,6 +110,7 @@ impl Metrics {
         self.pending_allocates
             .set(ipam.status.pending_allocates as u64);
         self.pending_claims.set(ipam.status.pending_claims as u64);
+        self.gossip_errors.set(ipam.gossip_errors);
     }
 
     pub fn observe_mesh(&self, m: &weft_mesh::MeshStatus, encrypted: bool) {
