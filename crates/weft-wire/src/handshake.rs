@@ -288,6 +288,14 @@ pub enum HandshakeError {
     /// `feed` was called after an error.
     #[error("the handshake already failed; the connection must be closed")]
     Failed,
+    /// The peer closed the connection after the key exchange, before its
+    /// features message: it could not open ours (see
+    /// [`Handshake::peer_closed`]).
+    #[error("the peer closed the connection after the key exchange without sending its features: most likely a wrong password (it could not decrypt ours); set WEAVE_PASSWORD identically on all peers")]
+    ClosedAfterKeyExchange,
+    /// The peer closed the connection during the handshake.
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
 }
 
 /// Parameters of our end of a handshake.
@@ -377,6 +385,8 @@ pub struct Handshake {
     state: State,
     buf: Vec<u8>,
     session: Option<TcpCrypto>,
+    /// What the failing [`Handshake::feed`] call had produced before it failed.
+    unsent: Vec<u8>,
 }
 
 /// The 7-byte header Weft sends.
@@ -437,6 +447,7 @@ impl Handshake {
             state: State::Header,
             buf: Vec::new(),
             session: None,
+            unsent: Vec::new(),
         };
         (hs, protocol_header().to_vec())
     }
@@ -451,7 +462,40 @@ impl Handshake {
         self.keypair.is_some()
     }
 
-    /// Feeds bytes received from the peer.
+    /// After [`Handshake::feed`] returned an error: the bytes that call had
+    /// already produced for the peer (our encryption flag and public key,
+    /// our features message), empty otherwise; taking them empties them.
+    ///
+    /// Weave sends its part of each step before it checks the peer's, so a
+    /// Weave peer always learns why the other end gave up. Write these bytes
+    /// before closing the connection and the peer can do the same with us:
+    /// it then reports the real cause ("Unable to decrypt TCP msg", "Peer
+    /// requested encrypted connection, but password not specified") rather
+    /// than an EOF, when our failure was found in the same input that made
+    /// us answer.
+    pub fn take_unsent(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// The error to report when the peer closes the connection (EOF or a
+    /// reset) before the handshake is complete.
+    ///
+    /// When both ends have a password, each sends its sealed features as
+    /// soon as it has the other's public key, and an end that cannot open
+    /// the other's closes at once: whichever end finds the mismatch first,
+    /// the other sees only the close. After the key exchange that close
+    /// therefore means "wrong password" as far as the peer is concerned
+    /// ([`HandshakeError::ClosedAfterKeyExchange`]); anywhere else it is
+    /// [`HandshakeError::Closed`].
+    pub fn peer_closed(&self) -> HandshakeError {
+        match (&self.state, &self.session) {
+            (State::Features, Some(_)) => HandshakeError::ClosedAfterKeyExchange,
+            _ => HandshakeError::Closed,
+        }
+    }
+
+    /// Feeds bytes received from the peer. On an error, see
+    /// [`Handshake::take_unsent`].
     pub fn feed(&mut self, data: &[u8]) -> Result<Progress, HandshakeError> {
         match self.state {
             State::Done => return Err(HandshakeError::AlreadyDone),
@@ -470,6 +514,7 @@ impl Handshake {
             Err(e) => {
                 self.state = State::Failed;
                 self.buf = Vec::new();
+                self.unsent = send;
                 Err(e)
             }
         }

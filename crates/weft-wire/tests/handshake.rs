@@ -522,3 +522,110 @@ fn deterministic_keypair_handshake() {
     assert!(da.send.is_empty() && db.send.is_empty());
     check_pair(*da, *db, true);
 }
+
+/// Regression (found against Go's weaveworks/mesh): when one `feed` both made us answer and
+/// found the failure, the answer was dropped, so a Weave peer saw an EOF instead of its own
+/// "Unable to decrypt TCP msg". The answer is now kept for `take_unsent`, and it lets the peer
+/// diagnose the mismatch itself.
+#[test]
+fn wrong_password_answer_is_kept_for_the_peer() {
+    let (mut a, a_header) = Handshake::new(params(true, Some("one"), 1, 0xaaaa));
+    let (mut b_hs, b_header) = Handshake::new(params(false, Some("two"), 2, 0xbbbb));
+    // A reads B's header alone and answers with its flag and key.
+    let a_flag_key = match a.feed(&b_header).unwrap() {
+        Progress::Continue { send } => send,
+        Progress::Done(_) => panic!(),
+    };
+    let b_flag_key = match b_hs.feed(&a_header).unwrap() {
+        Progress::Continue { send } => send,
+        Progress::Done(_) => panic!(),
+    };
+    let b_features = match b_hs.feed(&a_flag_key).unwrap() {
+        Progress::Continue { send } => send,
+        Progress::Done(_) => panic!(),
+    };
+    assert!(!b_features.is_empty());
+    // A gets B's key and features in one read: it answers with its features, then fails.
+    let mut burst = b_flag_key.clone();
+    burst.extend_from_slice(&b_features);
+    assert_eq!(a.feed(&burst).unwrap_err(), HandshakeError::WrongPassword);
+    let unsent = a.take_unsent();
+    assert!(!unsent.is_empty(), "A's features must not be lost");
+    assert!(a.take_unsent().is_empty(), "taking empties");
+    // Given them, B finds the mismatch itself instead of waiting for bytes that never come.
+    assert_eq!(
+        b_hs.feed(&unsent).unwrap_err(),
+        HandshakeError::WrongPassword
+    );
+    assert!(b_hs.take_unsent().is_empty(), "B had nothing more to say");
+}
+
+/// Same for the encryption flag: we have a password, the peer's header and "no encryption"
+/// flag arrive together; our flag and key must still reach it.
+#[test]
+fn flag_mismatch_answer_is_kept_for_the_peer() {
+    let (mut a, a_header) = Handshake::new(params(true, Some("pw"), 1, 0xaaaa));
+    let (mut b, b_header) = Handshake::new(params(false, None, 2, 0xbbbb));
+    let b_flag = match b.feed(&a_header).unwrap() {
+        Progress::Continue { send } => send,
+        Progress::Done(_) => panic!(),
+    };
+    let mut burst = b_header;
+    burst.extend_from_slice(&b_flag);
+    assert_eq!(a.feed(&burst).unwrap_err(), HandshakeError::ExpectedCrypto);
+    let unsent = a.take_unsent();
+    assert_eq!(unsent.len(), 1 + 32, "flag and public key");
+    assert_eq!(unsent[0], 1);
+    assert_eq!(
+        b.feed(&unsent).unwrap_err(),
+        HandshakeError::ExpectedNoCrypto
+    );
+}
+
+#[test]
+fn nothing_unsent_after_success_or_before_any_answer() {
+    let (mut a, b) = run(
+        params(true, Some("pw"), 1, 0xaaaa),
+        params(false, Some("pw"), 2, 0xbbbb),
+        usize::MAX,
+    );
+    assert!(a.hs.take_unsent().is_empty());
+    check_pair(done(a), done(b), true);
+    // A garbage header fails before we answer anything.
+    let (mut hs, _) = Handshake::new(params(true, None, 1, 1));
+    assert!(hs.feed(b"GET / HTTP/1.1\r\n").is_err());
+    assert!(hs.take_unsent().is_empty());
+}
+
+/// Found against Go's weaveworks/mesh: with different passwords, the end that fails to open
+/// the other's features closes at once, so the other end often sees only an EOF or a reset.
+/// After the key exchange, such a close is reported as the likely wrong password.
+#[test]
+fn close_after_key_exchange_suggests_the_password() {
+    let (mut a, _) = Handshake::new(params(true, Some("one"), 1, 0xaaaa));
+    let (mut b, b_header) = Handshake::new(params(false, Some("two"), 2, 0xbbbb));
+    assert_eq!(a.peer_closed(), HandshakeError::Closed, "before anything");
+    let (_, a_header) = Handshake::new(params(true, Some("one"), 1, 0xaaaa));
+    let b_flag_key = match b.feed(&a_header).unwrap() {
+        Progress::Continue { send } => send,
+        Progress::Done(_) => panic!(),
+    };
+    let mut burst = b_header;
+    burst.extend_from_slice(&b_flag_key);
+    match a.feed(&burst).unwrap() {
+        Progress::Continue { send } => assert!(send.len() > 1 + 32, "flag, key and features"),
+        Progress::Done(_) => panic!(),
+    }
+    let e = a.peer_closed();
+    assert_eq!(e, HandshakeError::ClosedAfterKeyExchange);
+    let text = e.to_string();
+    assert!(text.contains("wrong password"), "{text}");
+    assert!(text.contains("WEAVE_PASSWORD"), "{text}");
+    // Without encryption a close says nothing about passwords.
+    let (mut p, _) = Handshake::new(params(true, None, 1, 1));
+    let (_, q_header) = Handshake::new(params(false, None, 2, 2));
+    let mut burst = q_header;
+    burst.push(0);
+    assert!(matches!(p.feed(&burst).unwrap(), Progress::Continue { .. }));
+    assert_eq!(p.peer_closed(), HandshakeError::Closed);
+}

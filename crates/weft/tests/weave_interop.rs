@@ -19,11 +19,22 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Weave's mesh port.
 const MESH_PORT: u16 = 6783;
 
-fn require_root() {
+/// The environment variable that asks `weft router` to run the mesh alone, without a data
+/// plane (it is inherited by the routers the lab starts).
+const MESH_ONLY_ENV: &str = "WEFT_MESH_ONLY";
+
+/// Checks the preconditions, and makes the routers run mesh-only: the reference peer runs
+/// `mesh.NullOverlay`, so it never answers overlay heartbeats, and a router with a data plane
+/// would keep its connection to it pending (as Weave Net would, treating a peer without the
+/// `Overlays` feature as sleeve-only). These tests are about the control plane.
+fn setup() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "these tests create network namespaces: run them as root"
     );
+    go_peer_bin();
+    // Each test is its own process (nextest), and no thread has started yet.
+    std::env::set_var(MESH_ONLY_ENV, "1");
 }
 
 /// The Go peer's binary: `$WEFT_WEAVE_MESH_PEER`, else `<workspace>/target/interop/weave-mesh-peer`.
@@ -261,6 +272,20 @@ fn mutual(v: &Value, us: &str, them: &str) -> bool {
 fn diag(lab: &Lab, weft_hosts: &[usize], go: &[&GoPeer]) -> String {
     let mut s = String::new();
     for &h in weft_hosts {
+        let r = report(lab, h);
+        let pending = arr(&r["Router"]["Connections"])
+            .iter()
+            .any(|c| c["State"] == "pending");
+        if pending {
+            s += &format!(
+                "\nNOTE: weft h{h} has pending connections. The reference peer runs \
+                 mesh.NullOverlay (no data plane): a router with a data plane waits for overlay \
+                 heartbeats that never come. These tests need `weft router` to honour \
+                 {MESH_ONLY_ENV}=1 (mesh only, connections established after the handshake)."
+            );
+        }
+    }
+    for &h in weft_hosts {
         s += &format!(
             "\n--- weft h{h} router log ---\n{}",
             log_tail(&lab.host(h).router_log(), 30)
@@ -278,7 +303,7 @@ const GO2: &str = "02:60:00:00:00:02";
 /// gives every router the other hosts' addresses) is refused: the only connection is Go's.
 #[test]
 fn go_peer_dials_weft() {
-    require_root();
+    setup();
     let mut lab = Lab::create(&config(2, None)).unwrap();
     lab.start_router(1).unwrap();
     let weft = lab_peer_name(1);
@@ -331,7 +356,7 @@ fn go_peer_dials_weft() {
 /// (b) Weft dials the Go peer (the lab gives h1's router 198.18.0.2, port 6783 by default).
 #[test]
 fn weft_dials_go_peer() {
-    require_root();
+    setup();
     let mut lab = Lab::create(&config(2, None)).unwrap();
     let weft = lab_peer_name(1);
     let mut go = GoPeer::spawn(
@@ -382,7 +407,7 @@ fn weft_dials_go_peer() {
 /// password, and no password against one: refused on both sides, saying why.
 #[test]
 fn passwords_against_the_go_peer() {
-    require_root();
+    setup();
     let mut lab = Lab::create(&config(2, Some("s3cret"))).unwrap();
     let weft = lab_peer_name(1);
     let go_opts = |password| GoOpts {
@@ -454,7 +479,7 @@ fn passwords_against_the_go_peer() {
         &lab,
         &mut go,
         &weft,
-        "wrong password",
+        &["wrong password"],
         "Unable to decrypt TCP msg",
     );
     drop(go);
@@ -473,7 +498,13 @@ fn passwords_against_the_go_peer() {
         &lab,
         &mut go,
         &weft,
-        "we have a password but the peer asked for an unencrypted connection",
+        // The Go peer sends its "no encryption" byte and closes at once; when its close
+        // resets the connection, the kernel may drop that byte before Weft reads it, and Weft
+        // can only say that the peer closed after the key exchange.
+        &[
+            "we have a password but the peer asked for an unencrypted connection",
+            "the peer closed the connection after the key exchange",
+        ],
         // (sic: the library's own spelling)
         "no password specificed, but peer requested an encrypted connection",
     );
@@ -484,21 +515,23 @@ fn passwords_against_the_go_peer() {
 /// its log (the Go peer's dial). The Go peer must fail both its dial and the accepted
 /// connection, saying `go_says` (the real cause, not an EOF: Weave sends its part of each
 /// handshake step before checking the peer's, and so must Weft, even when it fails).
-fn check_refused(lab: &Lab, go: &mut GoPeer, weft: &str, weft_says: &str, go_says: &str) {
+fn check_refused(lab: &Lab, go: &mut GoPeer, weft: &str, weft_says: &[&str], go_says: &str) {
     let go_target = format!("198.18.0.1:{MESH_PORT}");
     let weft_target = format!("198.18.0.2:{MESH_PORT}");
     let weft_refused = |r: &Value| {
         arr(&r["Router"]["Connections"]).iter().any(|c| {
             c["Address"] == weft_target.as_str()
                 && c["State"] != "established"
-                && c["Info"].as_str().unwrap_or("").contains(weft_says)
+                && weft_says
+                    .iter()
+                    .any(|w| c["Info"].as_str().unwrap_or("").contains(w))
         })
     };
     let weft_log = || log_tail(&lab.host(1).router_log(), 400);
     let weft_refused_inbound = |log: &str| {
         log.lines().any(|l| {
             l.contains("mesh handshake failed")
-                && l.contains(weft_says)
+                && weft_says.iter().any(|w| l.contains(w))
                 && l.contains("198.18.0.2:")
                 && !l.contains(&weft_target)
         })
@@ -603,7 +636,7 @@ fn cut(lab: &Lab, host: usize, from: usize) {
 /// gossip it on, and they route to each other through it.
 #[test]
 fn go_peer_relays_topology_between_weft_routers() {
-    require_root();
+    setup();
     let mut lab = Lab::create(&config(3, None)).unwrap();
     cut(&lab, 1, 3);
     let (w1, w3) = (lab_peer_name(1), lab_peer_name(3));
@@ -666,7 +699,7 @@ fn go_peer_relays_topology_between_weft_routers() {
 /// relaying, in the library's own formats.
 #[test]
 fn weft_relays_gossip_between_go_peers() {
-    require_root();
+    setup();
     let mut lab = Lab::create(&config(3, None)).unwrap();
     cut(&lab, 1, 3);
     let (g1, g3) = ("02:60:00:00:00:01", "02:60:00:00:00:03");

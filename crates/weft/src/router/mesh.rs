@@ -440,14 +440,29 @@ async fn run_connection(mut stream: TcpStream, outbound: bool, addr: String, ctx
             .map_err(|e| format!("write: {e}"))?;
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("the peer closed the connection during the handshake".to_string());
-            }
-            match hs.feed(&buf[..n]).map_err(|e| e.to_string())? {
+            // A close before the end is reported for the stage it happens at: after the key
+            // exchange it means the peer could not open our features (wrong password).
+            let n = match stream.read(&mut buf).await {
+                Ok(0) => return Err(hs.peer_closed().to_string()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(hs.peer_closed().to_string())
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            };
+            let progress = match hs.feed(&buf[..n]) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Weave sends its part of each step before checking the peer's; so do we,
+                    // even when this input also failed, so that the peer can say why.
+                    let unsent = hs.take_unsent();
+                    if !unsent.is_empty() {
+                        let _ = stream.write_all(&unsent).await;
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            match progress {
                 Progress::Continue { send } => {
                     stream
                         .write_all(&send)

@@ -51,6 +51,11 @@ pub struct RouterArgs {
     /// Do not use the kernel VXLAN fast path; carry all traffic in the sleeve overlay.
     #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub no_fastdp: bool,
+    /// Run the mesh and IPAM without a data plane: no overlays are advertised and connections
+    /// count as established once their handshake is done. For control-plane-only peers and for
+    /// interoperability tests against a bare Weave mesh peer.
+    #[arg(long, env = "WEFT_MESH_ONLY", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub mesh_only: bool,
     /// Masquerade pod traffic to this node's own addresses too (Weave's NO_MASQ_LOCAL=0).
     #[arg(long, env = "NO_MASQ_LOCAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
     pub no_masq_local: bool,
@@ -108,6 +113,7 @@ pub struct Config {
     pub bridge: String,
     pub mtu: Option<u32>,
     pub fastdp: bool,
+    pub mesh_only: bool,
     pub no_masq_local: bool,
     pub range: Ipv4Net,
     pub default_subnet: Ipv4Net,
@@ -215,6 +221,7 @@ impl Config {
             bridge: a.bridge.clone(),
             mtu: a.mtu,
             fastdp: !a.no_fastdp,
+            mesh_only: a.mesh_only,
             no_masq_local: a.no_masq_local,
             range,
             default_subnet,
@@ -325,37 +332,44 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let (to_dp, from_mesh) = tokio::sync::mpsc::unbounded_channel();
-        let (to_mesh, from_dp) = tokio::sync::mpsc::unbounded_channel();
-        let dp = dataplane::start(
-            dataplane::DataPlaneParams {
-                local: identity.name,
-                bridge: cfg.bridge.clone(),
-                bridge_index: bridge.index,
-                bridge_mac: identity.name.to_name_bytes(),
-                mtu,
-                port: cfg.mesh.port,
-                fastdp: cfg.fastdp,
-                encrypted: cfg.mesh.password.is_some(),
-                range: cfg.range,
-                no_masq_local: cfg.no_masq_local,
-            },
-            from_mesh,
-            to_mesh,
-        )
-        .context("starting the data plane")?;
         let mut mesh_opts = cfg.mesh.clone();
-        mesh_opts.overlays = Some(dp.overlays_feature.clone());
-        let mesh = mesh::start(
-            &identity,
-            mesh_opts,
-            Some(mesh::DataPlaneLink {
-                to: to_dp,
-                from: from_dp,
-            }),
-            ipam,
-        )
-        .await?;
+        let link = if cfg.mesh_only {
+            tracing::warn!("mesh-only mode: no data plane, pods on other nodes are not reachable");
+            None
+        } else {
+            let (to_dp, from_mesh) = tokio::sync::mpsc::unbounded_channel();
+            let (to_mesh, from_dp) = tokio::sync::mpsc::unbounded_channel();
+            let dp = dataplane::start(
+                dataplane::DataPlaneParams {
+                    local: identity.name,
+                    bridge: cfg.bridge.clone(),
+                    bridge_index: bridge.index,
+                    bridge_mac: identity.name.to_name_bytes(),
+                    mtu,
+                    port: cfg.mesh.port,
+                    fastdp: cfg.fastdp,
+                    encrypted: cfg.mesh.password.is_some(),
+                    range: cfg.range,
+                    no_masq_local: cfg.no_masq_local,
+                },
+                from_mesh,
+                to_mesh,
+            )
+            .context("starting the data plane")?;
+            mesh_opts.overlays = Some(dp.overlays_feature.clone());
+            Some((
+                dp,
+                mesh::DataPlaneLink {
+                    to: to_dp,
+                    from: from_dp,
+                },
+            ))
+        };
+        let (dp, link) = match link {
+            Some((dp, link)) => (Some(dp), Some(link)),
+            None => (None, None),
+        };
+        let mesh = mesh::start(&identity, mesh_opts, link, ipam).await?;
         let state = Arc::new(State {
             metrics: metrics::Metrics::new(),
             cfg,
@@ -364,7 +378,9 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
             ready: AtomicBool::new(false),
         });
         tokio::spawn(expose_bridge(state.clone()));
-        api::serve(state).await
+        let served = api::serve(state).await;
+        drop(dp);
+        served
     })
 }
 
