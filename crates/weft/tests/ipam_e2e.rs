@@ -4,43 +4,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use weft_lab::{lab_peer_name, Lab, LabConfig};
 
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests create network namespaces: run them as root"
-    );
-}
+mod common;
+use common::{owned, report, require_root, wait_for};
 
 fn config(hosts: usize, pods: usize, range: Option<&str>) -> LabConfig {
     LabConfig {
-        hosts,
-        pods,
-        weft_bin: env!("CARGO_BIN_EXE_weft").into(),
         ipalloc_range: range.map(str::to_owned),
-        progress: false,
-        ..LabConfig::default()
+        ..common::config(hosts, pods)
     }
-}
-
-fn report(lab: &Lab, host: usize) -> Value {
-    lab.http(host).get_json("/report").expect("GET /report")
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 fn local_ranges(r: &Value) -> Vec<Ipv4Net> {
@@ -62,26 +39,6 @@ fn entries(r: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn owned(lab: &Lab, host: usize) -> BTreeMap<String, Vec<String>> {
-    let v: Value = lab.http(host).get_json("/ip").expect("GET /ip");
-    v["owned"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["containerid"].as_str().unwrap().to_owned(),
-                o["addrs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| a.as_str().unwrap().to_owned())
-                    .collect(),
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -2,42 +2,18 @@
 //! a refused wrong password, and a cut underlay routed around through a third host.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_lab::{lab_peer_name, Lab, LabConfig};
 
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests create network namespaces: run them as root"
-    );
-}
+mod common;
+use common::{report, require_root, wait_report};
 
 fn config(hosts: usize, password: Option<&str>) -> LabConfig {
     LabConfig {
-        hosts,
-        pods: 0,
-        weft_bin: env!("CARGO_BIN_EXE_weft").into(),
         password: password.map(str::to_owned),
-        progress: false,
-        ..LabConfig::default()
-    }
-}
-
-fn report(lab: &Lab, host: usize) -> Value {
-    lab.http(host).get_json("/report").expect("GET /report")
-}
-
-/// Polls (bounded) until `done` holds for host `host`'s report; returns the last report.
-fn wait_report(lab: &Lab, host: usize, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = report(lab, host);
-        if done(&r) || start.elapsed() > timeout {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        ..common::config(hosts, 0)
     }
 }
 

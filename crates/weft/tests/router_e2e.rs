@@ -13,12 +13,8 @@ use std::time::Duration;
 
 use weft_lab::{Lab, LabConfig};
 
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests create network namespaces: run them as root"
-    );
-}
+mod common;
+use common::{owned, require_root};
 
 fn lab(hosts: usize, pods: usize, range: Option<&str>) -> Lab {
     require_root();
@@ -31,26 +27,6 @@ fn lab(hosts: usize, pods: usize, range: Option<&str>) -> Lab {
         ..LabConfig::default()
     };
     Lab::build(&cfg).expect("building the lab")
-}
-
-/// `GET /ip` as a map container ID -> addresses.
-fn owned(lab: &Lab, host: usize) -> BTreeMap<String, Vec<String>> {
-    let v: serde_json::Value = lab.http(host).get_json("/ip").expect("GET /ip");
-    v["owned"]
-        .as_array()
-        .expect("owned is a list")
-        .iter()
-        .map(|o| {
-            let id = o["containerid"].as_str().unwrap().to_owned();
-            let addrs = o["addrs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_owned())
-                .collect();
-            (id, addrs)
-        })
-        .collect()
 }
 
 fn allocate(lab: &Lab, host: usize, id: &str) -> String {
