@@ -84,7 +84,11 @@ fn main() -> anyhow::Result<()> {
         let ready = (1..=3).all(|h| {
             lab.http(h)
                 .get_json::<serde_json::Value>("/report")
-                .map(|r| r["IPAM"]["Entries"].as_array().is_some_and(|e| !e.is_empty()))
+                .map(|r| {
+                    r["IPAM"]["Entries"]
+                        .as_array()
+                        .is_some_and(|e| !e.is_empty())
+                })
                 .unwrap_or(false)
         });
         if ready {

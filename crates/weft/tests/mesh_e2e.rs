@@ -44,11 +44,10 @@ fn three_hosts_form_a_full_mesh() {
         let r = wait_report(&lab, h, Duration::from_secs(30), |r| {
             established(r) == 2
                 && peer_names(r) == all
-                && r["Router"]["Peers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|p| p["Connections"].as_array().unwrap().len() == 2)
+                && r["Router"]["Peers"].as_array().unwrap().iter().all(|p| {
+                    let c = p["Connections"].as_array().unwrap();
+                    c.len() == 2 && c.iter().all(|c| c["Established"] == true)
+                })
         });
         assert_eq!(established(&r), 2, "h{h}: {:#}", r["Router"]["Connections"]);
         assert_eq!(peer_names(&r), all, "h{h} peers");

@@ -49,15 +49,15 @@ pub struct RouterArgs {
     #[arg(long, env = "WEAVE_MTU")]
     pub mtu: Option<u32>,
     /// Do not use the kernel VXLAN fast path; carry all traffic in the sleeve overlay.
-    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub no_fastdp: bool,
     /// Run the mesh and IPAM without a data plane: no overlays are advertised and connections
     /// count as established once their handshake is done. For control-plane-only peers and for
     /// interoperability tests against a bare Weave mesh peer.
-    #[arg(long, env = "WEFT_MESH_ONLY", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "WEFT_MESH_ONLY", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub mesh_only: bool,
     /// Masquerade pod traffic to this node's own addresses too (Weave's NO_MASQ_LOCAL=0).
-    #[arg(long, env = "NO_MASQ_LOCAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "NO_MASQ_LOCAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub no_masq_local: bool,
     /// The address range shared by all peers.
     #[arg(long, env = "IPALLOC_RANGE", default_value = "10.32.0.0/12")]
