@@ -202,6 +202,12 @@ fn connect_forget_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("weft_peers 2"), "{metrics}");
+    let heartbeats = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"weft_dataplane{counter="heartbeats_sent"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(heartbeats.is_some_and(|n| n > 0), "{metrics}");
     let weft = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(args)

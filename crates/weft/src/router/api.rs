@@ -439,6 +439,9 @@ async fn metrics(AxState(st): AxState<Shared>) -> Response {
         st.metrics.observe_mesh(&m, st.mesh.encrypted);
         st.metrics.observe_ipam(&ipam);
     }
+    if let Some(dp) = &st.dp_stats {
+        st.metrics.observe_dataplane(dp);
+    }
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,

@@ -32,6 +32,12 @@ pub struct Metrics {
     pending_allocates: Gauge<u64, AtomicU64>,
     pending_claims: Gauge<u64, AtomicU64>,
     gossip_errors: Gauge<u64, AtomicU64>,
+    dataplane: Family<DpLabels, Gauge<u64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DpLabels {
+    counter: String,
 }
 
 impl Metrics {
@@ -84,8 +90,15 @@ impl Metrics {
             "IPAM gossip messages refused (ring merge errors) since start; see weft status",
             gossip_errors.clone(),
         );
+        let dataplane = Family::<DpLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "weft_dataplane",
+            "Data plane counters since start (sleeve frames and datagrams, fast-path heartbeats)",
+            dataplane.clone(),
+        );
         Metrics {
             registry,
+            dataplane,
             gossip_errors,
             unreachable,
             pending_allocates,
@@ -131,6 +144,27 @@ impl Metrics {
         }
         self.terminations.set(m.termination_count);
         self.peers.set(m.peers.len() as u64);
+    }
+
+    pub fn observe_dataplane(&self, st: &super::dataplane::Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows: [(&str, &AtomicU64); 8] = [
+            ("tap_frames", &st.tap_frames),
+            ("injected_frames", &st.injected_frames),
+            ("udp_sent", &st.udp_sent),
+            ("udp_received", &st.udp_received),
+            ("udp_send_errors", &st.udp_send_errors),
+            ("udp_rejected", &st.udp_rejected),
+            ("heartbeats_sent", &st.heartbeats_sent),
+            ("heartbeats_received", &st.heartbeats_received),
+        ];
+        for (name, v) in rows {
+            self.dataplane
+                .get_or_create(&DpLabels {
+                    counter: name.into(),
+                })
+                .set(v.load(Relaxed));
+        }
     }
 
     pub fn encode(&self) -> String {

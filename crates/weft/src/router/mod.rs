@@ -257,6 +257,8 @@ pub struct State {
     pub cfg: Config,
     pub bridge_index: u32,
     pub mesh: mesh::MeshHandle,
+    /// The data plane's counters (`None` in mesh-only mode).
+    pub dp_stats: Option<Arc<dataplane::Stats>>,
     pub ready: AtomicBool,
     pub metrics: metrics::Metrics,
 }
@@ -375,6 +377,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
             cfg,
             bridge_index: bridge.index,
             mesh,
+            dp_stats: dp.as_ref().map(|d| d.stats.clone()),
             ready: AtomicBool::new(false),
         });
         tokio::spawn(expose_bridge(state.clone()));
