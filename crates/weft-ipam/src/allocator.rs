@@ -179,6 +179,12 @@ struct Pending {
     kind: PendingKind,
     /// When we last sent a space request for it.
     asked_at: Option<u64>,
+    /// Donors that denied it since the current round of requests began: not asked again
+    /// until the next round ([`TICK_INTERVAL_MS`] later), so that stale free counts in the
+    /// ring cannot make it ping-pong with them at network speed.
+    denied_by: Vec<PeerName>,
+    /// The donor asked last (whose denial lets it ask another one at once).
+    asked_donor: Option<PeerName>,
 }
 
 /// IPAM status for `weft status ipam`.
@@ -385,6 +391,8 @@ impl Allocator {
             is_container,
             kind: PendingKind::Allocate { subnet },
             asked_at: None,
+            denied_by: Vec::new(),
+            asked_donor: None,
         });
         self.establish_ring(now_ms, rng, &mut actions);
         self.run_pending(rng, &mut actions);
@@ -424,6 +432,8 @@ impl Allocator {
             is_container,
             kind: PendingKind::Claim { cidr },
             asked_at: None,
+            denied_by: Vec::new(),
+            asked_donor: None,
         });
         self.establish_ring(now_ms, rng, &mut actions);
         self.run_pending(rng, &mut actions);
@@ -611,9 +621,17 @@ impl Allocator {
                         false
                     }
                     PendingKind::Allocate { subnet } => {
-                        // Ask another donor at the next retry.
+                        // That donor has nothing: not again in this round. If it is the one
+                        // this operation is waiting for, ask another at once (a denial of
+                        // another operation's request must not restart this one's round).
                         if subnet.overlaps_range(range) {
-                            p.asked_at = None;
+                            if !p.denied_by.contains(&from) {
+                                p.denied_by.push(from);
+                            }
+                            if p.asked_donor == Some(from) {
+                                p.asked_at = None;
+                                p.asked_donor = None;
+                            }
                         }
                         true
                     }
@@ -813,20 +831,32 @@ impl Allocator {
                         });
                         continue;
                     }
-                    let range = subnet
-                        .addr_range()
-                        .unwrap_or(self.universe)
-                        .intersect(&self.universe);
+                    // Only the subnet's host addresses: its network and broadcast addresses
+                    // are never handed out, so asking for them would move them from peer to
+                    // peer forever.
+                    let range = subnet.host_range().intersect(&self.universe);
                     let mut p = p;
                     if self.may_ask(&p) && !asked.iter().any(|(_, r)| *r == range) {
+                        if p.asked_at.is_some() {
+                            // A new round: every donor may be asked again.
+                            p.denied_by.clear();
+                        }
                         let donors = self.ring.choose_peers_to_ask_for_space(range, rng);
-                        if let Some(&donor) = donors.iter().find(|d| self.is_reachable(**d)) {
+                        let donor = donors
+                            .iter()
+                            .find(|d| self.is_reachable(**d) && !p.denied_by.contains(d));
+                        if let Some(&donor) = donor {
                             asked.push((donor, range));
                             p.asked_at = Some(self.now_ms);
+                            p.asked_donor = Some(donor);
                             actions.push(Action::Send {
                                 to: donor,
                                 msg: Unicast::SpaceRequest(range),
                             });
+                        } else if !p.denied_by.is_empty() {
+                            // Every candidate denied us this round: wait for the next one.
+                            p.denied_by.clear();
+                            p.asked_at = Some(self.now_ms);
                         }
                     }
                     self.pending.push(p);
@@ -1008,5 +1038,119 @@ mod tests {
         assert_eq!(subtract(&[r(0, 10)], &[]), vec![r(0, 10)]);
         assert!(subtract(&[r(0, 10)], &[r(0, 10)]).is_empty());
         assert_eq!(subtract(&[r(5, 10)], &[r(0, 6)]), vec![r(6, 10)]);
+    }
+
+    /// Regression (found by the 50-peer random simulation): space requests asked for the
+    /// subnet's network and broadcast addresses, which are never handed out, so a peer holding
+    /// only those as free space donated them, the receiver asked again, and a denial made the
+    /// asker retry at once: near-exhaustion turned into a request storm at network speed.
+    #[test]
+    fn space_requests_skip_unusable_addresses_and_denials_wait_for_the_next_round() {
+        use rand::rngs::StdRng;
+        use rand::SeedableRng;
+        let universe: Ipv4Net = "10.0.0.0/29".parse().unwrap();
+        let peers = [
+            PeerName::new(0x0200_0000_0001).unwrap(),
+            PeerName::new(0x0200_0000_0002).unwrap(),
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut nodes: Vec<Allocator> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, &peer)| {
+                Allocator::new(AllocatorConfig {
+                    peer,
+                    uid: i as u64 + 1,
+                    nickname: format!("n{i}"),
+                    universe,
+                    default_subnet: universe,
+                    init: InitMode::Seed(peers.to_vec()),
+                })
+                .unwrap()
+            })
+            .collect();
+        let host = universe.host_range();
+        let broadcast = from_ipv4("10.0.0.7".parse().unwrap());
+        let x = usize::from(nodes[0].ring.owner_of(broadcast) != Some(peers[0]));
+        let y = 1 - x;
+        // Make the ring exist on both (seeded), then fill X: only its broadcast address is
+        // left free.
+        let mut op = 0;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            op += 1;
+            let _ = node
+                .allocate(op, &format!("init{i}"), None, true, 0, &mut rng)
+                .unwrap();
+        }
+        assert_eq!(nodes[x].ring.owner_of(broadcast), Some(peers[x]));
+        while nodes[x].space.num_free_in(host) > 0 {
+            op += 1;
+            let (out, _) = nodes[x]
+                .allocate(op, &format!("x{op}"), None, true, 0, &mut rng)
+                .unwrap();
+            assert!(matches!(out, Outcome::Done(_)));
+        }
+        assert_eq!(
+            nodes[x].space.num_free_in(nodes[x].space.owned_ranges()[0]),
+            1
+        );
+        // Y runs out and asks X, for host addresses only.
+        let mut request = None;
+        while request.is_none() {
+            op += 1;
+            let (out, actions) = nodes[y]
+                .allocate(op, &format!("y{op}"), None, true, 0, &mut rng)
+                .unwrap();
+            request = actions.into_iter().find_map(|a| match a {
+                Action::Send { to, msg } if to == peers[x] => Some(msg),
+                _ => None,
+            });
+            if request.is_none() {
+                assert!(matches!(out, Outcome::Done(_)));
+            }
+        }
+        let request = request.unwrap();
+        assert_eq!(request, Unicast::SpaceRequest(host));
+        // X has nothing usable to give: denied, the broadcast address stays with X.
+        let replies = nodes[x]
+            .on_unicast(peers[y], &request, 10, &mut rng)
+            .unwrap();
+        assert!(replies.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Unicast::SpaceRequestDenied(_),
+                ..
+            }
+        )));
+        assert_eq!(nodes[x].ring.owner_of(broadcast), Some(peers[x]));
+        // Y does not ask X again before the next round, whatever its ring says.
+        for a in replies {
+            if let Action::Send { msg, .. } = a {
+                let again = nodes[y].on_unicast(peers[x], &msg, 20, &mut rng).unwrap();
+                assert!(
+                    !again.iter().any(|a| matches!(
+                        a,
+                        Action::Send {
+                            msg: Unicast::SpaceRequest(_),
+                            ..
+                        }
+                    )),
+                    "asked again at once: {again:?}"
+                );
+            }
+        }
+        let again = nodes[y].tick(1_000, &mut rng);
+        assert!(!again.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Unicast::SpaceRequest(_),
+                ..
+            }
+        )));
+        // The next round asks again.
+        let later = nodes[y].tick(20 + TICK_INTERVAL_MS, &mut rng);
+        assert!(later.iter().any(
+            |a| matches!(a, Action::Send { to, msg: Unicast::SpaceRequest(r) } if *to == peers[x] && *r == host)
+        ));
     }
 }
