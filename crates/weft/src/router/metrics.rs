@@ -2,6 +2,8 @@
 
 use std::sync::atomic::AtomicU64;
 
+use weft_ipam::address::CidrExt;
+
 use super::ipam::IpamSnapshot;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -117,7 +119,7 @@ impl Metrics {
                 state: "local-used".into(),
             })
             .set(ipam.active);
-        self.max_ips.set(super::range_size(ipam.universe));
+        self.max_ips.set(ipam.universe.num_addresses());
         self.unreachable
             .set(ipam.status.unreachable_peers.len() as u64);
         self.pending_allocates

@@ -489,8 +489,3 @@ pub fn prepare_socket_path(path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Number of addresses in a range (Weave's `RangeNumIPs`).
-pub fn range_size(net: Ipv4Net) -> u64 {
-    1u64 << (32 - u32::from(net.prefix_len()))
-}
