@@ -18,11 +18,10 @@ use std::fmt;
 use salsa20::cipher::consts::U10;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
-use xsalsa20poly1305::aead::AeadInPlace;
-use xsalsa20poly1305::{KeyInit, XSalsa20Poly1305};
 use zeroize::Zeroize;
 
 use crate::peer_name::{PeerName, PeerNameError};
+use crate::secretbox::SecretBox;
 
 /// Size of X25519 keys, the shared key and the session key.
 pub const KEY_SIZE: usize = 32;
@@ -170,8 +169,8 @@ impl SessionKey {
         &self.0
     }
 
-    fn cipher(&self) -> XSalsa20Poly1305 {
-        XSalsa20Poly1305::new((&self.0).into())
+    fn cipher(&self) -> SecretBox {
+        SecretBox::new(&self.0)
     }
 
     /// `secretbox.Seal` with an explicit nonce: tag, then ciphertext.
@@ -197,33 +196,49 @@ impl fmt::Debug for SessionKey {
     }
 }
 
-fn seal_with(cipher: &XSalsa20Poly1305, nonce: &[u8; NONCE_SIZE], plaintext: &[u8]) -> Vec<u8> {
+fn seal_with(cipher: &SecretBox, nonce: &[u8; NONCE_SIZE], plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(TAG_SIZE + plaintext.len());
-    out.extend_from_slice(&[0u8; TAG_SIZE]);
-    out.extend_from_slice(plaintext);
-    // Encryption of an in-memory buffer of any size cannot fail for
-    // XSalsa20 (the keystream is 2^70 bytes long).
-    let tag = cipher
-        .encrypt_in_place_detached(nonce.into(), b"", &mut out[TAG_SIZE..])
-        .unwrap_or_default();
-    out[..TAG_SIZE].copy_from_slice(&tag);
+    seal_append(cipher, nonce, plaintext, &mut out);
     out
 }
 
+/// Appends `tag || ciphertext` of `plaintext` to `out`.
+fn seal_append(cipher: &SecretBox, nonce: &[u8; NONCE_SIZE], plaintext: &[u8], out: &mut Vec<u8>) {
+    let tag_at = out.len();
+    out.extend_from_slice(&[0u8; TAG_SIZE]);
+    out.extend_from_slice(plaintext);
+    let tag = cipher.seal_in_place(nonce, &mut out[tag_at + TAG_SIZE..]);
+    out[tag_at..tag_at + TAG_SIZE].copy_from_slice(&tag);
+}
+
 fn open_with(
-    cipher: &XSalsa20Poly1305,
+    cipher: &SecretBox,
     nonce: &[u8; NONCE_SIZE],
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    if sealed.len() < TAG_SIZE {
-        return Err(CryptoError::TooShort(sealed.len()));
-    }
-    let (tag, ct) = sealed.split_at(TAG_SIZE);
-    let mut out = ct.to_vec();
-    cipher
-        .decrypt_in_place_detached(nonce.into(), b"", &mut out, tag.into())
-        .map_err(|_| CryptoError::Open)?;
+    let mut out = Vec::new();
+    open_append(cipher, nonce, sealed, &mut out)?;
     Ok(out)
+}
+
+/// Appends the plaintext of `sealed` (`tag || ciphertext`) to `out`; on
+/// failure `out` is left as it was.
+fn open_append(
+    cipher: &SecretBox,
+    nonce: &[u8; NONCE_SIZE],
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    let Some((tag, ct)) = sealed.split_first_chunk::<TAG_SIZE>() else {
+        return Err(CryptoError::TooShort(sealed.len()));
+    };
+    let start = out.len();
+    out.extend_from_slice(ct);
+    if cipher.open_in_place(nonce, tag, &mut out[start..]).is_err() {
+        out.truncate(start);
+        return Err(CryptoError::Open);
+    }
+    Ok(())
 }
 
 /// The TCP nonce of message `seq` sent by the outbound (`true`) or inbound side.
@@ -262,7 +277,7 @@ pub fn split_seq_no_and_df(v: u64) -> (bool, u64) {
 
 /// Seals successive TCP messages of one direction.
 pub struct TcpSealer {
-    cipher: XSalsa20Poly1305,
+    cipher: SecretBox,
     outbound: bool,
     seq: Option<u64>,
 }
@@ -304,7 +319,7 @@ impl fmt::Debug for TcpSealer {
 /// reordering, replay or a wrong key. A failed open does not advance the
 /// sequence number (the connection must be dropped anyway).
 pub struct TcpOpener {
-    cipher: XSalsa20Poly1305,
+    cipher: SecretBox,
     sender_outbound: bool,
     seq: Option<u64>,
 }
@@ -368,7 +383,7 @@ impl TcpCrypto {
 
 /// Seals sleeve (UDP) packets with separate DF and non-DF sequence spaces.
 pub struct SleeveSealer {
-    cipher: XSalsa20Poly1305,
+    cipher: SecretBox,
     outbound: bool,
     seq_df: u64,
     seq_non_df: u64,
@@ -420,7 +435,7 @@ impl fmt::Debug for SleeveSealer {
 /// Opens sleeve packets from the peer. Stateless: replay protection (the
 /// per-channel sliding window) belongs to the data plane.
 pub struct SleeveOpener {
-    cipher: XSalsa20Poly1305,
+    cipher: SecretBox,
     sender_outbound: bool,
 }
 

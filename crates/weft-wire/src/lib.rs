@@ -69,6 +69,8 @@ mod gobio;
 pub mod gossip;
 pub mod handshake;
 pub mod peer_name;
+mod poly1305;
+mod secretbox;
 
 pub use crypto::{CryptoError, SessionKey, TcpCrypto};
 pub use framing::{FrameError, FrameReader, FrameWriter, MsgError, ProtocolMsg, MAX_TCP_MSG_SIZE};
