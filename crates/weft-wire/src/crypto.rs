@@ -198,17 +198,11 @@ impl fmt::Debug for SessionKey {
 
 fn seal_with(cipher: &SecretBox, nonce: &[u8; NONCE_SIZE], plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(TAG_SIZE + plaintext.len());
-    seal_append(cipher, nonce, plaintext, &mut out);
-    out
-}
-
-/// Appends `tag || ciphertext` of `plaintext` to `out`.
-fn seal_append(cipher: &SecretBox, nonce: &[u8; NONCE_SIZE], plaintext: &[u8], out: &mut Vec<u8>) {
-    let tag_at = out.len();
     out.extend_from_slice(&[0u8; TAG_SIZE]);
     out.extend_from_slice(plaintext);
-    let tag = cipher.seal_in_place(nonce, &mut out[tag_at + TAG_SIZE..]);
-    out[tag_at..tag_at + TAG_SIZE].copy_from_slice(&tag);
+    let tag = cipher.seal_in_place(nonce, &mut out[TAG_SIZE..]);
+    out[..TAG_SIZE].copy_from_slice(&tag);
+    out
 }
 
 fn open_with(
@@ -216,29 +210,14 @@ fn open_with(
     nonce: &[u8; NONCE_SIZE],
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut out = Vec::new();
-    open_append(cipher, nonce, sealed, &mut out)?;
-    Ok(out)
-}
-
-/// Appends the plaintext of `sealed` (`tag || ciphertext`) to `out`; on
-/// failure `out` is left as it was.
-fn open_append(
-    cipher: &SecretBox,
-    nonce: &[u8; NONCE_SIZE],
-    sealed: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), CryptoError> {
     let Some((tag, ct)) = sealed.split_first_chunk::<TAG_SIZE>() else {
         return Err(CryptoError::TooShort(sealed.len()));
     };
-    let start = out.len();
-    out.extend_from_slice(ct);
-    if cipher.open_in_place(nonce, tag, &mut out[start..]).is_err() {
-        out.truncate(start);
-        return Err(CryptoError::Open);
-    }
-    Ok(())
+    let mut out = ct.to_vec();
+    cipher
+        .open_in_place(nonce, tag, &mut out)
+        .map_err(|_| CryptoError::Open)?;
+    Ok(out)
 }
 
 /// The TCP nonce of message `seq` sent by the outbound (`true`) or inbound side.

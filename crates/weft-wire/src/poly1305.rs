@@ -84,15 +84,13 @@ fn limbs(block: &[u8; 16], hibit: u64) -> [u64; 3] {
 
 /// The Poly1305 tag of `msg` under the one-time `key` (`r || s`).
 pub(crate) fn tag(key: &[u8; 32], msg: &[u8]) -> [u8; 16] {
-    let mut r = [0u8; 16];
-    r.copy_from_slice(&key[..16]);
-    let t0 = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
-    let t1 = u64::from_le_bytes(r[8..].try_into().unwrap_or_default());
-    // Clamping folded into the limb masks.
+    let (r, s) = key.split_at(16);
+    let r = limbs(r.try_into().unwrap_or(&[0; 16]), 0);
+    // Clamping, in 44/44/42-bit limbs.
     let r1 = Mul::new([
-        t0 & 0xffc_0fff_ffff,
-        ((t0 >> 44) | (t1 << 20)) & 0xfff_ffc0_ffff,
-        (t1 >> 24) & 0x00f_ffff_fc0f,
+        r[0] & 0xffc_0fff_ffff,
+        r[1] & 0xfff_ffc0_ffff,
+        r[2] & 0x00f_ffff_fc0f,
     ]);
     let r2 = Mul::new(carry(mul(r1.r, &r1)));
 
@@ -119,11 +117,11 @@ pub(crate) fn tag(key: &[u8; 32], msg: &[u8]) -> [u8; 16] {
         let m = limbs(&block, 0);
         h = carry(mul([h[0] + m[0], h[1] + m[1], h[2] + m[2]], &r1));
     }
-    finish(h, &key[16..])
+    finish(h, limbs(s.try_into().unwrap_or(&[0; 16]), 0))
 }
 
 /// Fully reduces `h` mod 2^130 - 5, adds `s` mod 2^128, serialises.
-fn finish(h: [u64; 3], s: &[u8]) -> [u8; 16] {
+fn finish(h: [u64; 3], s: [u64; 3]) -> [u8; 16] {
     let [mut h0, mut h1, mut h2] = h;
     // Full carry (twice around, as h may be just above 2^130).
     for _ in 0..2 {
@@ -153,15 +151,13 @@ fn finish(h: [u64; 3], s: &[u8]) -> [u8; 16] {
     h1 = (h1 & !use_g) | (g1 & use_g);
     h2 = (h2 & !use_g) | (g2 & use_g & MASK42);
     // h + s mod 2^128.
-    let t0 = u64::from_le_bytes(s[..8].try_into().unwrap_or_default());
-    let t1 = u64::from_le_bytes(s[8..16].try_into().unwrap_or_default());
-    h0 += t0 & MASK44;
+    h0 += s[0];
     let c = h0 >> 44;
     h0 &= MASK44;
-    h1 += (((t0 >> 44) | (t1 << 20)) & MASK44) + c;
+    h1 += s[1] + c;
     let c = h1 >> 44;
     h1 &= MASK44;
-    h2 = (h2 + ((t1 >> 24) & MASK42) + c) & MASK42;
+    h2 = (h2 + s[2] + c) & MASK42;
     let lo = h0 | (h1 << 44);
     let hi = (h1 >> 20) | (h2 << 24);
     let mut out = [0u8; 16];

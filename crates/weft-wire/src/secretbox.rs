@@ -99,7 +99,7 @@ impl SecretBox {
         let mut poly_key = [0u8; 32];
         ks.take(&mut poly_key);
         ks.xor(buf);
-        let tag = poly1305(&poly_key, buf);
+        let tag = crate::poly1305::tag(&poly_key, buf);
         poly_key.zeroize();
         tag
     }
@@ -115,7 +115,7 @@ impl SecretBox {
         let mut ks = Keystream::new(self, nonce);
         let mut poly_key = [0u8; 32];
         ks.take(&mut poly_key);
-        let expected = poly1305(&poly_key, buf);
+        let expected = crate::poly1305::tag(&poly_key, buf);
         poly_key.zeroize();
         if !bool::from(expected.ct_eq(tag)) {
             return Err(OpenError);
@@ -129,10 +129,6 @@ impl Drop for SecretBox {
     fn drop(&mut self) {
         self.key.zeroize();
     }
-}
-
-fn poly1305(key: &[u8; 32], msg: &[u8]) -> [u8; TAG_SIZE] {
-    crate::poly1305::tag(key, msg)
 }
 
 fn le_words<const N: usize>(bytes: &[u8]) -> [u32; N] {
@@ -238,6 +234,37 @@ impl Drop for Keystream {
     }
 }
 
+/// The 20 rounds of Salsa20 (10 double rounds: columns, then rows) on the
+/// state `$x`, with `$qr` the backend's quarter-round on one word index set.
+macro_rules! salsa20_rounds {
+    ($qr:ident, $x:ident) => {
+        for _ in 0..10 {
+            $qr(&mut $x, 0, 4, 8, 12);
+            $qr(&mut $x, 5, 9, 13, 1);
+            $qr(&mut $x, 10, 14, 2, 6);
+            $qr(&mut $x, 15, 3, 7, 11);
+            $qr(&mut $x, 0, 1, 2, 3);
+            $qr(&mut $x, 5, 6, 7, 4);
+            $qr(&mut $x, 10, 11, 8, 9);
+            $qr(&mut $x, 15, 12, 13, 14);
+        }
+    };
+}
+
+/// The low and high words of block counters `counter .. counter + N`, one
+/// lane per block, for the SIMD backends' state words 8 and 9.
+#[cfg(target_arch = "x86_64")]
+fn counter_lanes<const N: usize>(counter: u64) -> ([u32; N], [u32; N]) {
+    let mut lo = [0u32; N];
+    let mut hi = [0u32; N];
+    for (i, (lo, hi)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+        let c = counter.wrapping_add(i as u64);
+        *lo = c as u32;
+        *hi = (c >> 32) as u32;
+    }
+    (lo, hi)
+}
+
 #[inline(always)]
 fn quarter(x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
     x[b] ^= x[a].wrapping_add(x[d]).rotate_left(7);
@@ -252,16 +279,7 @@ fn block(input: &[u32; 16], counter: u64) -> [u32; 16] {
     s[8] = counter as u32;
     s[9] = (counter >> 32) as u32;
     let mut x = s;
-    for _ in 0..10 {
-        quarter(&mut x, 0, 4, 8, 12);
-        quarter(&mut x, 5, 9, 13, 1);
-        quarter(&mut x, 10, 14, 2, 6);
-        quarter(&mut x, 15, 3, 7, 11);
-        quarter(&mut x, 0, 1, 2, 3);
-        quarter(&mut x, 5, 6, 7, 4);
-        quarter(&mut x, 10, 11, 8, 9);
-        quarter(&mut x, 15, 12, 13, 14);
-    }
+    salsa20_rounds!(quarter, x);
     for (x, s) in x.iter_mut().zip(s) {
         *x = x.wrapping_add(s);
     }
@@ -334,13 +352,7 @@ mod avx2 {
         counter: u64,
         out: &mut [u8; super::BATCH],
     ) -> usize {
-        let mut lo = [0u32; 8];
-        let mut hi = [0u32; 8];
-        for i in 0..8 {
-            let c = counter.wrapping_add(i as u64);
-            lo[i] = c as u32;
-            hi[i] = (c >> 32) as u32;
-        }
+        let (lo, hi) = super::counter_lanes::<8>(counter);
         let mut s = [_mm256_setzero_si256(); 16];
         for (i, v) in s.iter_mut().enumerate() {
             *v = _mm256_set1_epi32(input[i] as i32);
@@ -351,16 +363,7 @@ mod avx2 {
             s[9] = _mm256_loadu_si256(hi.as_ptr().cast());
         }
         let mut x = s;
-        for _ in 0..10 {
-            qr(&mut x, 0, 4, 8, 12);
-            qr(&mut x, 5, 9, 13, 1);
-            qr(&mut x, 10, 14, 2, 6);
-            qr(&mut x, 15, 3, 7, 11);
-            qr(&mut x, 0, 1, 2, 3);
-            qr(&mut x, 5, 6, 7, 4);
-            qr(&mut x, 10, 11, 8, 9);
-            qr(&mut x, 15, 12, 13, 14);
-        }
+        salsa20_rounds!(qr, x);
         for i in 0..16 {
             x[i] = _mm256_add_epi32(x[i], s[i]);
         }
@@ -424,13 +427,7 @@ mod avx512 {
         counter: u64,
         out: &mut [u8; super::BATCH],
     ) -> usize {
-        let mut lo = [0u32; 16];
-        let mut hi = [0u32; 16];
-        for i in 0..16 {
-            let c = counter.wrapping_add(i as u64);
-            lo[i] = c as u32;
-            hi[i] = (c >> 32) as u32;
-        }
+        let (lo, hi) = super::counter_lanes::<16>(counter);
         let mut s = [_mm512_setzero_si512(); 16];
         for (i, v) in s.iter_mut().enumerate() {
             *v = _mm512_set1_epi32(input[i] as i32);
@@ -441,16 +438,7 @@ mod avx512 {
             s[9] = _mm512_loadu_si512(hi.as_ptr().cast());
         }
         let mut x = s;
-        for _ in 0..10 {
-            qr(&mut x, 0, 4, 8, 12);
-            qr(&mut x, 5, 9, 13, 1);
-            qr(&mut x, 10, 14, 2, 6);
-            qr(&mut x, 15, 3, 7, 11);
-            qr(&mut x, 0, 1, 2, 3);
-            qr(&mut x, 5, 6, 7, 4);
-            qr(&mut x, 10, 11, 8, 9);
-            qr(&mut x, 15, 12, 13, 14);
-        }
+        salsa20_rounds!(qr, x);
         for i in 0..16 {
             x[i] = _mm512_add_epi32(x[i], s[i]);
         }
