@@ -389,6 +389,27 @@ impl SleeveSealer {
     /// Seals `plaintext` on the DF or non-DF channel and returns
     /// `(seqNoAndDF, sealed)`; the channel's sequence number advances.
     pub fn seal(&mut self, df: bool, plaintext: &[u8]) -> Result<(u64, Vec<u8>), CryptoError> {
+        let sdf = self.next_seq_no_and_df(df)?;
+        let sealed = seal_with(&self.cipher, &udp_nonce(self.outbound, sdf), plaintext);
+        Ok((sdf, sealed))
+    }
+
+    /// Seals `buf` in place on the DF or non-DF channel and returns
+    /// `(seqNoAndDF, tag)`; the sealed packet body is the tag followed by
+    /// `buf`. The channel's sequence number advances.
+    pub fn seal_in_place(
+        &mut self,
+        df: bool,
+        buf: &mut [u8],
+    ) -> Result<(u64, [u8; TAG_SIZE]), CryptoError> {
+        let sdf = self.next_seq_no_and_df(df)?;
+        let tag = self
+            .cipher
+            .seal_in_place(&udp_nonce(self.outbound, sdf), buf);
+        Ok((sdf, tag))
+    }
+
+    fn next_seq_no_and_df(&mut self, df: bool) -> Result<u64, CryptoError> {
         let counter = if df {
             &mut self.seq_df
         } else {
@@ -396,8 +417,7 @@ impl SleeveSealer {
         };
         let sdf = seq_no_and_df(df, *counter)?;
         *counter += 1;
-        let sealed = seal_with(&self.cipher, &udp_nonce(self.outbound, sdf), plaintext);
-        Ok((sdf, sealed))
+        Ok(sdf)
     }
 }
 
@@ -434,6 +454,20 @@ impl SleeveOpener {
             &udp_nonce(self.sender_outbound, seq_no_and_df),
             sealed,
         )
+    }
+
+    /// Opens, in place, a packet body sealed under `seq_no_and_df` whose
+    /// tag is `tag` and ciphertext `buf`; on success `buf` holds the
+    /// plaintext, on failure its contents are unspecified.
+    pub fn open_in_place(
+        &self,
+        seq_no_and_df: u64,
+        tag: &[u8; TAG_SIZE],
+        buf: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        self.cipher
+            .open_in_place(&udp_nonce(self.sender_outbound, seq_no_and_df), tag, buf)
+            .map_err(|_| CryptoError::Open)
     }
 }
 

@@ -15,6 +15,8 @@
 //! for every key, nonce and counter (a property test checks both against the
 //! `salsa20` crate), so which one runs is invisible outside this module.
 
+use std::cell::Cell;
+
 use salsa20::cipher::consts::U10;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
@@ -30,6 +32,11 @@ const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 pub(crate) struct SecretBox {
     key: [u8; KEY_SIZE],
     backend: Backend,
+    /// The HSalsa20 subkey of the last nonce prefix (`nonce[0..16]`) used.
+    /// Weave's nonces keep the prefix fixed for a direction and channel and
+    /// count in the last 8 bytes, so the subkey is derived once, not per
+    /// message.
+    subkey: Cell<Option<([u8; 16], [u8; 32])>>,
 }
 
 /// How the keystream is computed; all give the same bytes.
@@ -84,13 +91,18 @@ impl SecretBox {
         SecretBox {
             key: *key,
             backend: Backend::detect(),
+            subkey: Cell::new(None),
         }
     }
 
     /// For tests: a given backend.
     #[cfg(test)]
     fn with_backend(key: &[u8; KEY_SIZE], backend: Backend) -> Self {
-        SecretBox { key: *key, backend }
+        SecretBox {
+            key: *key,
+            backend,
+            subkey: Cell::new(None),
+        }
     }
 
     /// Encrypts `buf` in place and returns the Poly1305 tag over it.
@@ -125,9 +137,26 @@ impl SecretBox {
     }
 }
 
+impl SecretBox {
+    /// `HSalsa20(key, prefix)`, from the cache when the prefix is the last one.
+    fn subkey(&self, prefix: &[u8; 16]) -> [u8; 32] {
+        if let Some((p, k)) = self.subkey.get() {
+            if p == *prefix {
+                return k;
+            }
+        }
+        let k: [u8; 32] = salsa20::hsalsa::<U10>((&self.key).into(), prefix.into()).into();
+        self.subkey.set(Some((*prefix, k)));
+        k
+    }
+}
+
 impl Drop for SecretBox {
     fn drop(&mut self) {
         self.key.zeroize();
+        if let Some((_, k)) = self.subkey.get_mut() {
+            k.zeroize();
+        }
     }
 }
 
@@ -164,8 +193,9 @@ struct Keystream {
 
 impl Keystream {
     fn new(sb: &SecretBox, nonce: &[u8; NONCE_SIZE]) -> Self {
-        let mut subkey: [u8; 32] =
-            salsa20::hsalsa::<U10>((&sb.key).into(), (&nonce[..16]).into()).into();
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&nonce[..16]);
+        let mut subkey = sb.subkey(&prefix);
         let input = salsa_input(&subkey, &nonce[16..]);
         subkey.zeroize();
         Keystream {
@@ -532,6 +562,34 @@ mod tests {
                 prop_assert_eq!(&tag[..], &want_tag[..]);
                 prop_assert!(sb.open_in_place(&nonce, &tag, &mut buf).is_ok());
                 prop_assert_eq!(&buf, &msg);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn one_box_many_nonces_matches_reference(
+            key in any::<[u8; 32]>(),
+            prefixes in any::<[[u8; 16]; 2]>(),
+            nonces in proptest::collection::vec((0usize..2, any::<[u8; 8]>()), 1..12),
+        ) {
+            // The cached subkey must follow every change of nonce prefix.
+            let reference = XSalsa20Poly1305::new((&key).into());
+            for backend in Backend::available() {
+                let sb = SecretBox::with_backend(&key, backend);
+                for (which, tail) in &nonces {
+                    let mut nonce = [0u8; 24];
+                    nonce[..16].copy_from_slice(&prefixes[*which]);
+                    nonce[16..].copy_from_slice(tail);
+                    let mut want = b"sixty-four bytes of a sleeve packet, give or take a few".to_vec();
+                    let mut buf = want.clone();
+                    let want_tag = reference
+                        .encrypt_in_place_detached((&nonce).into(), b"", &mut want)
+                        .unwrap();
+                    let tag = sb.seal_in_place(&nonce, &mut buf);
+                    prop_assert_eq!(&buf, &want);
+                    prop_assert_eq!(&tag[..], &want_tag[..]);
+                }
             }
         }
     }

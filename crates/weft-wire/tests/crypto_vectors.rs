@@ -135,4 +135,24 @@ fn sleeve_state_machines_reproduce_vectors() {
     );
     // Wrong channel fails.
     assert!(at_outbound.open(5, &hex(s(df, "sealed"))).is_err());
+
+    // Sealing and opening in place give the same bytes: the tag, then the
+    // ciphertext where the plaintext was.
+    let mut out = SleeveSealer::new(&key, true).with_sequences(5, 0);
+    let mut buf = hex(s(non_df, "plaintext"));
+    let (sdf, tag) = out.seal_in_place(false, &mut buf).unwrap();
+    assert_eq!(sdf, 5);
+    let want = hex(s(non_df, "sealed"));
+    assert_eq!(&tag[..], &want[..16]);
+    assert_eq!(buf, want[16..]);
+    at_inbound.open_in_place(5, &tag, &mut buf).unwrap();
+    assert_eq!(buf, hex(s(non_df, "plaintext")));
+    // A flipped ciphertext bit, or the wrong channel, fails to open.
+    let (_, tag) = out.seal_in_place(false, &mut buf).unwrap();
+    let mut bad = buf.clone();
+    bad[0] ^= 1;
+    assert!(at_inbound.open_in_place(6, &tag, &mut bad).is_err());
+    assert!(at_inbound
+        .open_in_place(DF_FLAG | 6, &tag, &mut buf)
+        .is_err());
 }
