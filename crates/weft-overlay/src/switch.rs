@@ -182,6 +182,9 @@ pub struct OverlaySwitch {
     failed: bool,
     served: ServedBy,
     reason: String,
+    /// Where [`evaluate`](Self::evaluate) writes, reused: it runs after
+    /// every datagram and must not allocate.
+    reason_scratch: String,
     actions: VecDeque<SwitchAction>,
 }
 
@@ -277,9 +280,12 @@ impl OverlaySwitch {
             failed: false,
             served: ServedBy::Pending,
             reason: String::new(),
+            reason_scratch: String::new(),
             actions: VecDeque::new(),
         };
-        sw.reason = sw.evaluate().1;
+        let mut reason = String::new();
+        sw.evaluate(&mut reason);
+        sw.reason = reason;
         Ok(sw)
     }
 
@@ -539,54 +545,55 @@ impl OverlaySwitch {
         }
     }
 
-    /// (served by, reason, connection failed)
-    fn evaluate(&self) -> (ServedBy, String, bool) {
+    /// Which overlay serves the connection and whether it failed; the
+    /// reason is written to `reason` (cleared first).
+    fn evaluate(&self, reason: &mut String) -> (ServedBy, bool) {
+        reason.clear();
         let fast_usable = self.fastdp().is_some_and(FastdpConnection::is_usable);
         let sleeve_running = self.sleeve().is_some_and(SleeveForwarder::is_running);
         let sleeve_up =
             sleeve_running && self.sleeve().is_some_and(SleeveForwarder::is_established);
         let why_not_fast = match (self.fastdp(), &self.fastdp_absent) {
-            (Some(f), _) => f.reason().to_string(),
-            (None, Some(r)) => r.clone(),
-            (None, None) => "fast path unavailable".to_string(),
+            (Some(f), _) => f.reason(),
+            (None, Some(r)) => r.as_str(),
+            (None, None) => "fast path unavailable",
         };
         if fast_usable {
-            return (ServedBy::Fastdp, why_not_fast, false);
+            reason.push_str(why_not_fast);
+            return (ServedBy::Fastdp, false);
         }
         if sleeve_up {
-            return (
-                ServedBy::Sleeve,
-                format!("sleeve, because {why_not_fast}"),
-                false,
-            );
+            reason.push_str("sleeve, because ");
+            reason.push_str(why_not_fast);
+            return (ServedBy::Sleeve, false);
         }
         let sleeve_state = if let Some(e) = &self.sleeve_error {
-            e.clone()
+            e.as_str()
         } else if self.sleeve.is_none() {
-            "sleeve not negotiated".to_string()
+            "sleeve not negotiated"
         } else {
-            "sleeve: awaiting heartbeat ack".to_string()
+            "sleeve: awaiting heartbeat ack"
         };
+        reason.push_str(sleeve_state);
+        reason.push_str("; ");
+        reason.push_str(why_not_fast);
         let failed = self.sleeve.is_some() && !sleeve_running;
-        (
-            ServedBy::Pending,
-            format!("{sleeve_state}; {why_not_fast}"),
-            failed,
-        )
+        (ServedBy::Pending, failed)
     }
 
     fn update(&mut self) {
         if self.failed {
             return;
         }
-        let (served, reason, failed) = self.evaluate();
+        let mut reason = std::mem::take(&mut self.reason_scratch);
+        let (served, failed) = self.evaluate(&mut reason);
         if served != ServedBy::Pending && !self.established_sent {
             self.established_sent = true;
             self.actions.push_back(SwitchAction::Established);
         }
         if served != self.served || reason != self.reason {
             self.served = served;
-            self.reason = reason.clone();
+            self.reason.clone_from(&reason);
             self.actions.push_back(SwitchAction::ServedByChanged {
                 served_by: served,
                 reason: reason.clone(),
@@ -598,6 +605,7 @@ impl OverlaySwitch {
                 reason: format!("no working overlay to {}: {reason}", self.remote),
             });
         }
+        self.reason_scratch = reason;
     }
 }
 

@@ -16,12 +16,12 @@
 //! `candidate + 14` bytes.
 //!
 //! Encoding is split in two: [`DatagramBuilder`] accumulates frames (up to
-//! [`MAX_FRAMES_PER_DATAGRAM`] within a byte limit) and [`SleeveEncryptor`]
-//! turns the accumulated frames into a datagram. Decoding is
-//! [`parse_sender`] (to find the forwarder), [`SleeveDecryptor::open`]
-//! (authenticate, replay-check) and [`FrameIter`].
-
-use std::borrow::Cow;
+//! [`MAX_FRAMES_PER_DATAGRAM`] within a byte limit) behind room for the
+//! datagram header, and [`SleeveEncryptor::finish`] fills that header and,
+//! when the connection is encrypted, seals the frames in place: one buffer
+//! per datagram, no copies. Decoding is [`parse_sender`] (to find the
+//! forwarder), [`SleeveDecryptor::open`] (authenticate, replay-check, into a
+//! reused buffer) and [`FrameIter`].
 
 use weft_wire::crypto::{split_seq_no_and_df, CryptoError, SleeveOpener, SleeveSealer, TAG_SIZE};
 use weft_wire::{PeerName, SessionKey};
@@ -84,6 +84,14 @@ pub enum CodecError {
     /// The body did not authenticate (wrong key, tampering, stray packet).
     #[error("cannot decrypt sleeve datagram: {0}")]
     Crypto(#[from] CryptoError),
+    /// A builder made for another kind of connection (plaintext or sealed).
+    #[error("datagram builder has {builder} bytes of header room, the connection needs {encryptor}; build datagrams with the connection's own SleeveEncryptor::builder")]
+    BuilderMismatch {
+        /// The builder's header room.
+        builder: usize,
+        /// The encryptor's per-datagram overhead.
+        encryptor: usize,
+    },
     /// A replayed or too old encrypted datagram.
     #[error(transparent)]
     Replay(#[from] ReplayError),
@@ -189,11 +197,13 @@ pub fn parse_sender(datagram: &[u8]) -> Result<(PeerName, &[u8]), CodecError> {
     Ok((PeerName::from_mac(m), &datagram[NAME_SIZE..]))
 }
 
-/// Accumulates frame records for one channel's next datagram.
+/// Accumulates frame records for one channel's next datagram, behind
+/// `packet_overhead` bytes of room for the datagram header.
 #[derive(Debug, Clone)]
 pub struct DatagramBuilder {
     packet_overhead: usize,
-    body: Vec<u8>,
+    /// Header room (`packet_overhead` bytes), then the frame records.
+    buf: Vec<u8>,
     frames: usize,
 }
 
@@ -203,14 +213,14 @@ impl DatagramBuilder {
     pub fn new(packet_overhead: usize) -> Self {
         DatagramBuilder {
             packet_overhead,
-            body: Vec::new(),
+            buf: vec![0; packet_overhead],
             frames: 0,
         }
     }
 
     /// Size of the datagram if it were finished now.
     pub fn wire_len(&self) -> usize {
-        self.packet_overhead + self.body.len()
+        self.buf.len()
     }
 
     /// Number of frames accumulated.
@@ -236,16 +246,29 @@ impl DatagramBuilder {
         if self.frames >= MAX_FRAMES_PER_DATAGRAM {
             return Err(CodecError::TooManyFrames);
         }
-        encode_frame(&mut self.body, src, dst, frame)?;
+        encode_frame(&mut self.buf, src, dst, frame)?;
         self.frames += 1;
         Ok(())
     }
 
-    /// Takes the accumulated records (the plaintext body), leaving the
-    /// builder empty.
-    pub fn take_body(&mut self) -> Vec<u8> {
+    /// The accumulated frame records (the plaintext body).
+    pub fn records(&self) -> &[u8] {
+        &self.buf[self.packet_overhead..]
+    }
+
+    /// Drops the accumulated frames.
+    pub fn clear(&mut self) {
+        self.buf.truncate(self.packet_overhead);
         self.frames = 0;
-        std::mem::take(&mut self.body)
+    }
+
+    /// Takes the datagram buffer (header room, then the records) and starts
+    /// over with an empty one that can hold `next_capacity` bytes.
+    fn take(&mut self, next_capacity: usize) -> Vec<u8> {
+        let mut next = Vec::with_capacity(next_capacity.max(self.packet_overhead));
+        next.resize(self.packet_overhead, 0);
+        self.frames = 0;
+        std::mem::replace(&mut self.buf, next)
     }
 }
 
@@ -294,26 +317,50 @@ impl SleeveEncryptor {
         DatagramBuilder::new(self.packet_overhead())
     }
 
-    /// Builds the datagram carrying `body` (frame records) on the DF or
-    /// non-DF channel. Plaintext datagrams are the same on both channels.
-    pub fn seal(&mut self, df: bool, body: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let name = self.sender.to_name_bytes();
-        match &mut self.sealer {
-            None => {
-                let mut out = Vec::with_capacity(NAME_SIZE + body.len());
-                out.extend_from_slice(&name);
-                out.extend_from_slice(body);
-                Ok(out)
-            }
-            Some(sealer) => {
-                let (sdf, sealed) = sealer.seal(df, body)?;
-                let mut out = Vec::with_capacity(NAME_SIZE + 8 + sealed.len());
-                out.extend_from_slice(&name);
-                out.extend_from_slice(&sdf.to_be_bytes());
-                out.extend_from_slice(&sealed);
-                Ok(out)
-            }
+    /// Finishes the datagram accumulated in `builder` (made by this
+    /// encryptor's [`builder`](Self::builder)) on the DF or non-DF channel:
+    /// writes the header into its header room and, on an encrypted
+    /// connection, seals the records in place. The builder starts over with
+    /// room for `next_capacity` bytes. Plaintext datagrams are the same on
+    /// both channels.
+    pub fn finish(
+        &mut self,
+        df: bool,
+        builder: &mut DatagramBuilder,
+        next_capacity: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        if builder.packet_overhead != self.packet_overhead() {
+            return Err(CodecError::BuilderMismatch {
+                builder: builder.packet_overhead,
+                encryptor: self.packet_overhead(),
+            });
         }
+        let mut datagram = builder.take(next_capacity);
+        self.write_header(df, &mut datagram)?;
+        Ok(datagram)
+    }
+
+    /// Builds the datagram carrying `body` (frame records) on the DF or
+    /// non-DF channel.
+    pub fn seal(&mut self, df: bool, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut datagram = Vec::with_capacity(self.packet_overhead() + body.len());
+        datagram.resize(self.packet_overhead(), 0);
+        datagram.extend_from_slice(body);
+        self.write_header(df, &mut datagram)?;
+        Ok(datagram)
+    }
+
+    /// Fills the header room of `datagram` (`packet_overhead` bytes, then
+    /// the records) and seals the records in place when encrypted.
+    fn write_header(&mut self, df: bool, datagram: &mut [u8]) -> Result<(), CodecError> {
+        datagram[..NAME_SIZE].copy_from_slice(&self.sender.to_name_bytes());
+        if let Some(sealer) = &mut self.sealer {
+            let (header, records) = datagram.split_at_mut(NACL_PACKET_OVERHEAD);
+            let (sdf, tag) = sealer.seal_in_place(df, records)?;
+            header[NAME_SIZE..NAME_SIZE + 8].copy_from_slice(&sdf.to_be_bytes());
+            header[NAME_SIZE + 8..].copy_from_slice(&tag);
+        }
+        Ok(())
     }
 
     /// Builds a datagram holding a single frame.
@@ -324,9 +371,12 @@ impl SleeveEncryptor {
         dst: PeerName,
         frame: &[u8],
     ) -> Result<Vec<u8>, CodecError> {
-        let mut body = Vec::with_capacity(FRAME_OVERHEAD + frame.len());
-        encode_frame(&mut body, src, dst, frame)?;
-        self.seal(df, &body)
+        let mut datagram =
+            Vec::with_capacity(self.packet_overhead() + FRAME_OVERHEAD + frame.len());
+        datagram.resize(self.packet_overhead(), 0);
+        encode_frame(&mut datagram, src, dst, frame)?;
+        self.write_header(df, &mut datagram)?;
+        Ok(datagram)
     }
 }
 
@@ -364,17 +414,21 @@ impl SleeveDecryptor {
 
     /// Opens the body of a datagram (the bytes after the sender name) and
     /// returns the frame records, plus whether it came on the DF channel
-    /// (always `false` for plaintext, which does not say).
-    pub fn open<'a>(&mut self, body: &'a [u8]) -> Result<(bool, Cow<'a, [u8]>), CodecError> {
+    /// (always `false` for plaintext, which does not say). Plaintext records
+    /// are `body` itself; decrypted ones are written to `scratch` (cleared
+    /// first), a buffer the caller keeps from one datagram to the next.
+    pub fn open<'a>(
+        &mut self,
+        body: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<(bool, &'a [u8]), CodecError> {
         let Some(opener) = &self.opener else {
-            return Ok((false, Cow::Borrowed(body)));
+            return Ok((false, body));
         };
-        if body.len() < 8 + TAG_SIZE {
-            return Err(CodecError::ShortEncrypted(body.len()));
-        }
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&body[..8]);
-        let sdf = u64::from_be_bytes(s);
+        let short = || CodecError::ShortEncrypted(body.len());
+        let (seq_bytes, sealed) = body.split_first_chunk::<8>().ok_or_else(short)?;
+        let (tag, ciphertext) = sealed.split_first_chunk::<TAG_SIZE>().ok_or_else(short)?;
+        let sdf = u64::from_be_bytes(*seq_bytes);
         let (df, seq) = split_seq_no_and_df(sdf);
         let window = if df {
             &mut self.window_df
@@ -382,9 +436,11 @@ impl SleeveDecryptor {
             &mut self.window_non_df
         };
         window.check(seq)?;
-        let plain = opener.open(sdf, &body[8..])?;
+        scratch.clear();
+        scratch.extend_from_slice(ciphertext);
+        opener.open_in_place(sdf, tag, scratch)?;
         window.accept(seq)?;
-        Ok((df, Cow::Owned(plain)))
+        Ok((df, &scratch[..]))
     }
 }
 
@@ -467,7 +523,9 @@ mod tests {
         bld.push(a, b, &[0xde, 0xad]).unwrap();
         bld.push(b, a, &[]).unwrap();
         assert_eq!(bld.wire_len(), 6 + 16 + 14);
-        let d = enc.seal(false, &bld.take_body()).unwrap();
+        let records = bld.records().to_vec();
+        let d = enc.finish(false, &mut bld, 0).unwrap();
+        assert_eq!(enc.seal(false, &records).unwrap(), d);
         let expected: Vec<u8> = [
             &[2, 0, 0, 0, 0, 0x0a][..],                  // sender
             &[2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b], // src, dst
@@ -482,9 +540,10 @@ mod tests {
         let (sender, body) = parse_sender(&d).unwrap();
         assert_eq!(sender, a);
         let mut dec = SleeveDecryptor::plaintext();
-        let (df, plain) = dec.open(body).unwrap();
+        let mut scratch = Vec::new();
+        let (df, plain) = dec.open(body, &mut scratch).unwrap();
         assert!(!df);
-        let frames = decode_frames(&plain).unwrap();
+        let frames = decode_frames(plain).unwrap();
         assert_eq!(
             frames,
             vec![
@@ -526,16 +585,17 @@ mod tests {
         encode_frame(&mut rec, a, b, &frame).unwrap();
         assert_eq!(opener.open(0, &d0[14..]).unwrap(), rec);
 
+        let mut scratch = Vec::new();
         for (d, want_df) in [(&d1, true), (&d0, false), (&d2, false)] {
             let (_, body) = parse_sender(d).unwrap();
-            let (df, plain) = dec.open(body).unwrap();
+            let (df, plain) = dec.open(body, &mut scratch).unwrap();
             assert_eq!(df, want_df);
-            assert_eq!(decode_frames(&plain).unwrap()[0].frame, &frame);
+            assert_eq!(decode_frames(plain).unwrap()[0].frame, &frame);
         }
         // Replays are refused per channel.
         let (_, body) = parse_sender(&d0).unwrap();
         assert_eq!(
-            dec.open(body),
+            dec.open(body, &mut scratch),
             Err(CodecError::Replay(ReplayError::Duplicate(0)))
         );
         // Tampering is refused and does not burn the sequence number.
@@ -544,14 +604,28 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(matches!(
-            dec.open(&bad[6..]),
+            dec.open(&bad[6..], &mut scratch),
             Err(CodecError::Crypto(CryptoError::Open))
         ));
-        assert!(dec.open(&d3[6..]).is_ok());
+        assert!(dec.open(&d3[6..], &mut scratch).is_ok());
         // Our own datagrams (wrong polarity) do not open.
         let mut dec_wrong = SleeveDecryptor::nacl(&key, true);
-        assert!(dec_wrong.open(&d3[6..]).is_err());
-        assert_eq!(dec.open(&[0u8; 23]), Err(CodecError::ShortEncrypted(23)));
+        assert!(dec_wrong.open(&d3[6..], &mut scratch).is_err());
+        assert_eq!(
+            dec.open(&[0u8; 23], &mut scratch),
+            Err(CodecError::ShortEncrypted(23))
+        );
+        // A builder for a plaintext connection is refused by a sealing encryptor.
+        let mut plain_builder = DatagramBuilder::new(PLAIN_PACKET_OVERHEAD);
+        plain_builder.push(a, b, &frame).unwrap();
+        assert_eq!(
+            enc.finish(false, &mut plain_builder, 0),
+            Err(CodecError::BuilderMismatch {
+                builder: 6,
+                encryptor: 30
+            })
+        );
+        assert_eq!(plain_builder.frames(), 1);
     }
 
     #[test]
@@ -640,9 +714,9 @@ mod tests {
             if let Ok((_, body)) = parse_sender(&data) {
                 let _ = decode_frames(body);
                 let mut plain = SleeveDecryptor::plaintext();
-                let _ = plain.open(body);
+                let _ = plain.open(body, &mut Vec::new());
                 let mut nacl = SleeveDecryptor::nacl(&SessionKey::from_bytes([1; 32]), false);
-                let _ = nacl.open(body);
+                let _ = nacl.open(body, &mut Vec::new());
             }
             for f in FrameIter::new(&data).flatten() {
                 let _ = classify_special(f.frame);
@@ -670,13 +744,16 @@ mod tests {
                 b.push(*s, *d, f).unwrap();
             }
             let len = b.wire_len();
-            let dgram = enc.seal(df, &b.take_body()).unwrap();
+            let dgram = enc.finish(df, &mut b, 1500).unwrap();
             prop_assert_eq!(dgram.len(), len);
+            prop_assert!(b.is_empty());
+            prop_assert_eq!(b.wire_len(), enc.packet_overhead());
             let (got_sender, body) = parse_sender(&dgram).unwrap();
             prop_assert_eq!(got_sender, sender);
-            let (got_df, plain) = dec.open(body).unwrap();
+            let mut scratch = Vec::new();
+            let (got_df, plain) = dec.open(body, &mut scratch).unwrap();
             prop_assert_eq!(got_df, df && encrypted);
-            let got = decode_frames(&plain).unwrap();
+            let got = decode_frames(plain).unwrap();
             prop_assert_eq!(got.len(), frames.len());
             for (g, (s, d, f)) in got.iter().zip(&frames) {
                 prop_assert_eq!(g.src, *s);

@@ -253,6 +253,8 @@ pub struct SleeveForwarder {
     remote_addr: Option<SocketAddrV4>,
     enc: SleeveEncryptor,
     dec: SleeveDecryptor,
+    /// Where encrypted datagrams are opened, reused from one to the next.
+    rx_scratch: Vec<u8>,
     df_batch: DatagramBuilder,
     non_df_batch: DatagramBuilder,
     life: Lifecycle,
@@ -298,6 +300,7 @@ impl SleeveForwarder {
             non_df_batch: enc.builder(),
             enc,
             dec,
+            rx_scratch: Vec::new(),
             life: Lifecycle::Prepared,
             heartbeat_interval: None,
             next_heartbeat: None,
@@ -400,8 +403,8 @@ impl SleeveForwarder {
         self.heartbeat_deadline = None;
         self.next_frag_test = None;
         self.search = None;
-        self.df_batch.take_body();
-        self.non_df_batch.take_body();
+        self.df_batch.clear();
+        self.non_df_batch.clear();
     }
 
     fn fail(&mut self, error: ForwarderError) {
@@ -489,12 +492,26 @@ impl SleeveForwarder {
         now: Millis,
         from: SocketAddrV4,
         body: &[u8],
-        mut on_frame: impl FnMut(SleeveFrame<'_>),
+        on_frame: impl FnMut(SleeveFrame<'_>),
     ) -> Result<usize, CodecError> {
         if self.life != Lifecycle::Confirmed {
             return Ok(0);
         }
-        let plain = match self.dec.open(body) {
+        let mut scratch = std::mem::take(&mut self.rx_scratch);
+        let result = self.receive_with(now, from, body, &mut scratch, on_frame);
+        self.rx_scratch = scratch;
+        result
+    }
+
+    fn receive_with(
+        &mut self,
+        now: Millis,
+        from: SocketAddrV4,
+        body: &[u8],
+        scratch: &mut Vec<u8>,
+        mut on_frame: impl FnMut(SleeveFrame<'_>),
+    ) -> Result<usize, CodecError> {
+        let plain = match self.dec.open(body, scratch) {
             Ok((_, plain)) => plain,
             Err(e) => {
                 self.stats.datagrams_rejected += 1;
@@ -502,13 +519,13 @@ impl SleeveForwarder {
             }
         };
         // Validate the whole datagram before acting on any of it.
-        if let Some(Err(e)) = FrameIter::new(&plain).find(Result::is_err) {
+        if let Some(Err(e)) = FrameIter::new(plain).find(Result::is_err) {
             self.stats.datagrams_rejected += 1;
             return Err(e);
         }
         self.stats.datagrams_received += 1;
         let mut delivered = 0;
-        for f in FrameIter::new(&plain).flatten() {
+        for f in FrameIter::new(plain).flatten() {
             match classify_special(f.frame) {
                 Some(special) => {
                     if f.src == self.remote && f.dst == self.local {
@@ -841,11 +858,11 @@ impl SleeveForwarder {
         if batch.is_empty() {
             return;
         }
-        let body = batch.take_body();
         let Some(to) = self.remote_addr else {
+            batch.clear();
             return;
         };
-        match self.enc.seal(df, &body) {
+        match self.enc.finish(df, batch, self.max_payload) {
             Ok(payload) => {
                 self.stats.datagrams_sent += 1;
                 self.actions
