@@ -254,16 +254,19 @@ impl OverlaySwitch {
         }
         if fastdp.is_none() && fastdp_absent.is_none() {
             let theirs = p.remote_overlays.as_deref();
+            let remote_offers = |name: &str| theirs.is_some_and(|t| t.iter().any(|n| n == name));
+            let ours_on = p.fastdp.is_some();
             fastdp_absent = Some(
-                match theirs {
-                    None => "remote is a Weave peer without the overlay switch: sleeve only",
-                    Some(t) if t.iter().any(|n| n == FASTDP_OVERLAY) => {
-                        "fast path disabled on this peer"
-                    }
-                    Some(t) if t.iter().any(|n| n == "fastdp") => {
-                        "remote is a Weave peer without weft-vxlan"
-                    }
-                    Some(_) => "remote does not offer weft-vxlan",
+                if theirs.is_none() {
+                    "remote is a Weave peer without the overlay switch: sleeve only"
+                } else if !ours_on && remote_offers(FASTDP_OVERLAY) {
+                    "fast path disabled on this peer"
+                } else if !ours_on {
+                    "fast path disabled on this peer and on the remote"
+                } else if remote_offers("fastdp") {
+                    "remote is a Weave peer without weft-vxlan"
+                } else {
+                    "remote does not offer weft-vxlan (fast path disabled there)"
                 }
                 .to_string(),
             );
@@ -961,10 +964,26 @@ mod tests {
     fn fastdp_disabled_locally_and_no_common_overlay() {
         let a = OverlaySwitch::prepare(params(A, B, true, Some("weft-vxlan sleeve"), false, None))
             .unwrap();
+        assert_eq!(
+            a.reason(),
+            "sleeve: awaiting heartbeat ack; fast path disabled on this peer"
+        );
+        // Both sides disabled, and only the remote disabled.
+        let both = OverlaySwitch::prepare(params(A, B, true, Some("sleeve"), false, None)).unwrap();
         assert!(
-            a.reason().contains("fast path disabled on this peer"),
+            both.reason()
+                .ends_with("fast path disabled on this peer and on the remote"),
             "{}",
-            a.reason()
+            both.reason()
+        );
+        let theirs =
+            OverlaySwitch::prepare(params(A, B, true, Some("sleeve"), true, None)).unwrap();
+        assert!(
+            theirs
+                .reason()
+                .ends_with("remote does not offer weft-vxlan (fast path disabled there)"),
+            "{}",
+            theirs.reason()
         );
         let err =
             OverlaySwitch::prepare(params(A, B, true, Some("awsvpc"), true, None)).unwrap_err();
