@@ -53,6 +53,9 @@ pub enum Error {
     /// `--check`: some pod pairs could not reach each other.
     #[error("{failed} of {total} pod pairs unreachable (see the matrix above)")]
     CheckFailed { failed: usize, total: usize },
+    /// `--check --expect-overlay`: some connection was not up or not carried by that overlay.
+    #[error("not every connection is established over {expected}: {summary} (see the connections above)")]
+    OverlayCheckFailed { expected: String, summary: String },
     /// Teardown left something behind or a CNI DEL failed.
     #[error("teardown had {} problem(s): {}", .0.len(), .0.join("; "))]
     Teardown(Vec<String>),

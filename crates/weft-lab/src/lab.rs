@@ -1,5 +1,6 @@
 //! The lab: an underlay bridge, hosts in network namespaces, routers, pods.
 use crate::cni::{self, CniRequest};
+use crate::conns::Connections;
 use crate::error::Context;
 use crate::exec::{self, terminate};
 use crate::matrix::Matrix;
@@ -63,6 +64,9 @@ pub struct LabConfig {
     pub ping: PingOptions,
     /// Keep the work directory (router logs, databases) after teardown.
     pub keep_workdir: bool,
+    /// With `check`: every connection must be established and carried by this overlay
+    /// (`fastdp` or `sleeve`), else the check fails.
+    pub expect_overlay: Option<String>,
 }
 
 impl Default for LabConfig {
@@ -83,6 +87,7 @@ impl Default for LabConfig {
             recheck_interval: Duration::from_secs(10),
             ping: PingOptions::default(),
             keep_workdir: false,
+            expect_overlay: None,
         }
     }
 }
@@ -207,6 +212,8 @@ pub struct LabReport {
     pub pods: Vec<(String, Ipv4Net, String)>,
     /// The last matrix that was run.
     pub matrix: Matrix,
+    /// The routers' connections after the matrix settled.
+    pub connections: Connections,
 }
 
 /// A running lab. Dropping it tears everything down (pods through CNI DEL, routers, netns,
@@ -1210,8 +1217,8 @@ impl Lab {
         }
     }
 
-    /// A summary of the lab with the given matrix.
-    pub fn report(&self, matrix: &Matrix) -> LabReport {
+    /// A summary of the lab with the given matrix and connections.
+    pub fn report(&self, matrix: &Matrix, connections: &Connections) -> LabReport {
         LabReport {
             id: self.id.clone(),
             workdir: self.workdir.clone(),
@@ -1226,6 +1233,7 @@ impl Lab {
                 .map(|p| (p.name.clone(), p.cidr, p.netns.name().to_string()))
                 .collect(),
             matrix: matrix.clone(),
+            connections: connections.clone(),
         }
     }
 

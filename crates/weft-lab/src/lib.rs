@@ -17,6 +17,7 @@
 //! Numbering: hosts and pods are 1-based, matching their names (`host(1)` is `h1`).
 
 pub mod cni;
+mod conns;
 mod error;
 pub mod exec;
 mod lab;
@@ -26,6 +27,7 @@ mod run;
 pub mod signal;
 mod stale;
 
+pub use conns::{parse_report, Connections, LabConnection};
 pub use error::{Error, Result};
 pub use lab::{
     lab_peer_name, log_tail, netlink_in, ping_in, ping_until, Host, Lab, LabConfig, LabReport, Pod,

@@ -17,6 +17,9 @@ pub struct LabArgs {
     /// Run the ping matrix once, tear down, and exit non-zero if any pair failed.
     #[arg(long)]
     pub check: bool,
+    /// With --check: also fail unless every connection is established over this overlay.
+    #[arg(long, value_parser = ["fastdp", "sleeve"], requires = "check")]
+    pub expect_overlay: Option<String>,
     /// IPALLOC_RANGE for every router.
     #[arg(long)]
     pub ipalloc_range: Option<String>,
@@ -57,6 +60,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
         extra_router_args: args.router_args.clone(),
         base_dir: args.base_dir.clone(),
         keep_workdir: args.keep_workdir,
+        expect_overlay: args.expect_overlay.clone(),
         ..weft_lab::LabConfig::default()
     };
     let report = weft_lab::run(&cfg)?;

@@ -140,6 +140,39 @@ fn nft_in_host(lab: &Lab, host: usize, script: &str) {
     );
 }
 
+/// The acceptance command, through the real CLI: three hosts, two pods each, every
+/// pod reaches every other, and every connection is carried by the fast path.
+#[test]
+fn lab_check_all_pairs_over_the_fast_path() {
+    require_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "lab",
+            "--hosts",
+            "3",
+            "--pods",
+            "2",
+            "--check",
+            "--expect-overlay",
+            "fastdp",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("30/30 pairs reachable"), "{stdout}");
+    assert!(
+        stdout.contains("6/6 connections established (fastdp 6)"),
+        "{stdout}"
+    );
+    let conn_lines = stdout
+        .lines()
+        .filter(|l| l.contains(" -> ") && l.contains("established fastdp"))
+        .count();
+    assert_eq!(conn_lines, 6, "{stdout}");
+}
+
 #[test]
 fn pods_on_three_hosts_reach_each_other_over_the_fast_path() {
     require_root();
