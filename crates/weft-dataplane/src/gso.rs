@@ -212,23 +212,31 @@ impl Segments {
 }
 
 /// Ones'-complement sum of `data` added to `acc` (not folded).
+///
+/// The data is summed as native-endian 32-bit words into eight independent
+/// 64-bit accumulators, so nothing carries until the end (that would take
+/// 2^32 words). The ones'-complement sum is byte-order independent: the sum
+/// of byte-swapped words is the byte-swapped sum, so the folded result is
+/// swapped into network order once.
 fn sum(data: &[u8], acc: u64) -> u64 {
-    let mut acc = acc;
-    let mut chunks = data.chunks_exact(8);
+    let mut a = [0u64; 8];
+    let mut chunks = data.chunks_exact(32);
     for c in &mut chunks {
-        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let (s, carry) = acc.overflowing_add(v);
-        acc = s + u64::from(carry);
+        for (k, w) in c.chunks_exact(4).enumerate() {
+            a[k] += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        }
     }
+    let mut native: u64 = a.iter().map(|&x| u64::from(fold(x))).sum();
     let mut rest = chunks.remainder();
     while rest.len() >= 2 {
-        acc += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+        native += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
         rest = &rest[2..];
     }
     if let [b] = rest {
-        acc += u64::from(*b) << 8;
+        // A trailing odd byte is padded with a zero byte after it.
+        native += u64::from(u16::from_ne_bytes([*b, 0]));
     }
-    acc
+    acc + u64::from(u16::from_be(fold(native)))
 }
 
 fn fold(mut acc: u64) -> u16 {
@@ -806,6 +814,20 @@ mod tests {
         assert!(h.is_gso() && h.needs_csum());
         assert_eq!(VirtioNetHdr::parse(&b[..9]), Err(GsoError::NoHeader(9)));
         assert!(h.emit(&mut [0u8; 4]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sum_matches_the_16_bit_reference(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            acc in 0u64..1 << 40,
+        ) {
+            let mut r = acc;
+            for c in data.chunks(2) {
+                r += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+            proptest::prop_assert_eq!(fold(sum(&data, acc)), fold(r));
+        }
     }
 
     #[test]
