@@ -458,7 +458,7 @@ impl SleeveOpener {
 
     /// Opens, in place, a packet body sealed under `seq_no_and_df` whose
     /// tag is `tag` and ciphertext `buf`; on success `buf` holds the
-    /// plaintext, on failure its contents are unspecified.
+    /// plaintext, on failure (the tag is checked first) it is left as it was.
     pub fn open_in_place(
         &self,
         seq_no_and_df: u64,

@@ -213,7 +213,7 @@ impl DatagramBuilder {
     pub fn new(packet_overhead: usize) -> Self {
         DatagramBuilder {
             packet_overhead,
-            buf: vec![0; packet_overhead],
+            buf: header_room(packet_overhead, 0),
             frames: 0,
         }
     }
@@ -251,11 +251,6 @@ impl DatagramBuilder {
         Ok(())
     }
 
-    /// The accumulated frame records (the plaintext body).
-    pub fn records(&self) -> &[u8] {
-        &self.buf[self.packet_overhead..]
-    }
-
     /// Drops the accumulated frames.
     pub fn clear(&mut self) {
         self.buf.truncate(self.packet_overhead);
@@ -265,11 +260,18 @@ impl DatagramBuilder {
     /// Takes the datagram buffer (header room, then the records) and starts
     /// over with an empty one that can hold `next_capacity` bytes.
     fn take(&mut self, next_capacity: usize) -> Vec<u8> {
-        let mut next = Vec::with_capacity(next_capacity.max(self.packet_overhead));
-        next.resize(self.packet_overhead, 0);
         self.frames = 0;
+        let next = header_room(self.packet_overhead, next_capacity);
         std::mem::replace(&mut self.buf, next)
     }
+}
+
+/// An empty datagram: `overhead` zero bytes of header room, with capacity for
+/// `capacity` bytes in all.
+fn header_room(overhead: usize, capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity.max(overhead));
+    buf.resize(overhead, 0);
+    buf
 }
 
 /// Turns frame records into datagrams for one connection: plaintext or
@@ -340,16 +342,6 @@ impl SleeveEncryptor {
         Ok(datagram)
     }
 
-    /// Builds the datagram carrying `body` (frame records) on the DF or
-    /// non-DF channel.
-    pub fn seal(&mut self, df: bool, body: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let mut datagram = Vec::with_capacity(self.packet_overhead() + body.len());
-        datagram.resize(self.packet_overhead(), 0);
-        datagram.extend_from_slice(body);
-        self.write_header(df, &mut datagram)?;
-        Ok(datagram)
-    }
-
     /// Fills the header room of `datagram` (`packet_overhead` bytes, then
     /// the records) and seals the records in place when encrypted.
     fn write_header(&mut self, df: bool, datagram: &mut [u8]) -> Result<(), CodecError> {
@@ -371,9 +363,8 @@ impl SleeveEncryptor {
         dst: PeerName,
         frame: &[u8],
     ) -> Result<Vec<u8>, CodecError> {
-        let mut datagram =
-            Vec::with_capacity(self.packet_overhead() + FRAME_OVERHEAD + frame.len());
-        datagram.resize(self.packet_overhead(), 0);
+        let overhead = self.packet_overhead();
+        let mut datagram = header_room(overhead, overhead + FRAME_OVERHEAD + frame.len());
         encode_frame(&mut datagram, src, dst, frame)?;
         self.write_header(df, &mut datagram)?;
         Ok(datagram)
@@ -523,9 +514,7 @@ mod tests {
         bld.push(a, b, &[0xde, 0xad]).unwrap();
         bld.push(b, a, &[]).unwrap();
         assert_eq!(bld.wire_len(), 6 + 16 + 14);
-        let records = bld.records().to_vec();
         let d = enc.finish(false, &mut bld, 0).unwrap();
-        assert_eq!(enc.seal(false, &records).unwrap(), d);
         let expected: Vec<u8> = [
             &[2, 0, 0, 0, 0, 0x0a][..],                  // sender
             &[2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b], // src, dst
